@@ -51,6 +51,9 @@ UNLIMITED_PDV = 4 << 20
 Buffer = bytes | memoryview
 
 
+_CLOSED = frozenset({State.STA1})
+
+
 class Connection:
     """The upper layer of one association plus DIMSE message assembly.
 
@@ -100,7 +103,7 @@ class Connection:
             return []  # nothing is listening any more (PS3.8 §9.2: transport gone)
         self._reader.feed(data)
         events: list[ev.Event] = []
-        while self.state is not State.STA1:
+        while self.state not in _CLOSED:  # _run() may close it
             try:
                 pdu = self._reader.next_pdu()
                 if pdu is None:

@@ -143,13 +143,24 @@ class CStoreRSP:
 
 @dataclass(frozen=True, slots=True)
 class UnknownCommand:
-    """A command we do not implement; kept so it can be answered (0211)."""
+    """A command we do not implement, or our 0211 answer to one (PS3.7 C.5.7)."""
 
     FIELD: ClassVar[None] = None
     HAS_DATASET: ClassVar[bool] = False
     command_field: int
-    message_id: int | None
+    message_id: int | None = None
+    message_id_being_responded_to: int | None = None
+    status: int | None = None
     affected_sop_class_uid: str | None = None
+
+    def unrecognized(self) -> UnknownCommand:
+        """The response to this request: its command field with bit 15 set (PS3.7 E.1)."""
+        return UnknownCommand(
+            self.command_field | 0x8000,
+            message_id_being_responded_to=self.message_id,
+            status=0x0211,
+            affected_sop_class_uid=self.affected_sop_class_uid,
+        )
 
 
 Message: TypeAlias = CEchoRQ | CEchoRSP | CStoreRQ | CStoreRSP | UnknownCommand
@@ -189,9 +200,8 @@ def _encode_value(vr: str, value: Any) -> bytes:
 
 def encode_command(message: Message) -> bytes:
     """The command set of `message`, group length first (PS3.7 §6.3.1)."""
-    if isinstance(message, UnknownCommand):
-        raise ValueError("an unknown command cannot be encoded")
-    elements: list[tuple[int, bytes]] = [(COMMAND_FIELD, _US.pack(message.FIELD))]
+    command_field = message.command_field if isinstance(message, UnknownCommand) else message.FIELD
+    elements: list[tuple[int, bytes]] = [(COMMAND_FIELD, _US.pack(command_field))]
     for name, tag, vr, _ in _LAYOUT[type(message)]:
         value = getattr(message, name)
         if value is not None:
@@ -263,7 +273,6 @@ def decode_command(data: bytes) -> tuple[Message, bool]:
         elif required and cls is not UnknownCommand:
             raise _command_error(f"{cls.__name__} without required element {name}")
     if cls is UnknownCommand:
-        values.setdefault("message_id", None)
         return UnknownCommand(command_field=command_field, **values), has_dataset
     return cls(**values), has_dataset
 

@@ -301,7 +301,9 @@ class AAbort:
     reason: int = 0
 
 
-PDU: TypeAlias = AAssociateRQ | AAssociateAC | AAssociateRJ | PDataTF | AReleaseRQ | AReleaseRP | AAbort
+PDU: TypeAlias = (
+    AAssociateRQ | AAssociateAC | AAssociateRJ | PDataTF | AReleaseRQ | AReleaseRP | AAbort
+)
 
 # --- encoding --------------------------------------------------------------------
 
@@ -543,7 +545,9 @@ def _decode_associate(kind: PDUType, body: memoryview) -> AAssociateRQ | AAssoci
         return AAssociateRQ(
             called, calling, tuple(rq_contexts), tuple(user_items), app_context, version
         )
-    return AAssociateAC(called, calling, tuple(ac_contexts), tuple(user_items), app_context, version)
+    return AAssociateAC(
+        called, calling, tuple(ac_contexts), tuple(user_items), app_context, version
+    )
 
 
 def _decode_context_rq(value: memoryview) -> PresentationContextRQ:

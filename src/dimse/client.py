@@ -1,0 +1,453 @@
+"""The asyncio SCU: open an association, C-ECHO, C-STORE (pipelined), release.
+
+    async with dimse.connect("pacs", 104, called_ae="PACS", contexts=...) as assoc:
+        await assoc.echo()
+        responses = await asyncio.gather(*(assoc.store(p) for p in paths))
+
+With an asynchronous operations window of N (PS3.7 D.3.3.3), up to N stores are
+in flight; each response is matched to its request by Message ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import itertools
+import logging
+import ssl
+import zlib
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID
+
+from dimse import events as ev
+from dimse.connection import Connection
+from dimse.dimse import CEchoRQ, CEchoRSP, CStoreRQ, CStoreRSP, Message, Priority
+from dimse.files import DicomFile, open_dicom_file
+from dimse.negotiation import (
+    DEFAULT_MAX_PDU,
+    AcceptedContext,
+    Association,
+    ProposedContext,
+    build_request,
+)
+from dimse.pdu import AAssociateRJ, AAssociateRQ, AbortSource, RoleSelection, UserIdentityRQ
+from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES
+from dimse.transport import DEFAULT_TIMEOUTS, Link, Timeouts
+
+log = logging.getLogger("dimse.client")
+
+_NATIVE = frozenset(NATIVE_TRANSFER_SYNTAXES)
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_FILE_BLOCK = 1 << 20
+
+
+class AssociationError(Exception):
+    """The association could not be used: rejected, aborted or closed."""
+
+
+class AssociationRejectedError(AssociationError):
+    def __init__(self, reject: AAssociateRJ) -> None:
+        super().__init__(
+            f"association rejected: result {reject.result.name}, source {reject.source.name}, "
+            f"reason {reject.reason}"
+        )
+        self.reject = reject
+
+
+class NoAcceptedContextError(Exception):
+    """The peer accepted no presentation context this data set can be sent on."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawDataSet:
+    """An encoded data set and what a C-STORE needs to know about it."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    data: bytes
+
+
+StoreSource = str | Path | DicomFile | Dataset | RawDataSet
+
+
+class ClientAssociation:
+    """An established association, used as SCU."""
+
+    def __init__(self, link: Link, association: Association) -> None:
+        self._link = link
+        self.association = association
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._message_ids = itertools.cycle(range(1, 0x10000))
+        window = association.max_invoked or 1 << 16
+        self._window = asyncio.Semaphore(window)
+        self._send_lock = asyncio.Lock()
+        self._released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._failure: AssociationError | None = None
+        self._reader = asyncio.create_task(self._read_loop())
+
+    @property
+    def calling_ae(self) -> str:
+        return self.association.calling_ae
+
+    @property
+    def called_ae(self) -> str:
+        return self.association.called_ae
+
+    # --- services -----------------------------------------------------------------
+
+    async def echo(self) -> int:
+        """C-ECHO (PS3.7 §9.1.5); returns the response status."""
+        context = self.association.context_for(CEchoRQ(0).affected_sop_class_uid)
+        if context is None:
+            raise NoAcceptedContextError("the peer did not accept the Verification SOP class")
+        response = await self._request(context.id, lambda mid: CEchoRQ(mid), None)
+        assert isinstance(response, CEchoRSP)
+        return response.status
+
+    async def store(
+        self,
+        source: StoreSource,
+        *,
+        priority: Priority = Priority.MEDIUM,
+        callback: Callable[[CStoreRSP], None] | None = None,
+    ) -> CStoreRSP:
+        """C-STORE one instance (PS3.7 §9.1.1) and return the peer's response.
+
+        A file is sent from its own bytes when the peer accepted its transfer
+        syntax; otherwise it is decoded and re-encoded (uncompressed syntaxes only).
+        """
+        sop_class, sop_instance, context, payload = self._prepare(source)
+
+        def request(message_id: int) -> CStoreRQ:
+            return CStoreRQ(message_id, sop_class, sop_instance, priority)
+
+        response = await self._request(context.id, request, payload)
+        assert isinstance(response, CStoreRSP)
+        if callback is not None:
+            callback(response)
+        return response
+
+    async def release(self) -> None:
+        """A-RELEASE (PS3.8 §7.2) once every outstanding response has arrived."""
+        if self._pending:
+            await asyncio.gather(*self._pending.values(), return_exceptions=True)
+        if self._link.connection.established:
+            self._link.connection.release()
+            await self._link.drain()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._released), self._link.timeouts.acse)
+        except TimeoutError:
+            self.abort()
+        finally:
+            await self._finish()
+
+    def abort(self) -> None:
+        """A-ABORT (PS3.8 §7.3): drop the association at once."""
+        self._link.connection.abort()
+        self._link.flush()
+        self._link.writer.close()
+        self._fail(AssociationError("association aborted by the local user"))
+
+    async def __aenter__(self) -> ClientAssociation:
+        return self
+
+    async def __aexit__(self, kind: object, *_: object) -> None:
+        if kind is None:
+            await self.release()
+        else:
+            self.abort()
+            await self._finish()
+
+    # --- internals ------------------------------------------------------------------
+
+    def _prepare(self, source: StoreSource) -> tuple[str, str, AcceptedContext, DicomFile | bytes]:
+        """SOP class/instance, the context to send on, and the data set to send."""
+        if isinstance(source, str | Path):
+            source = open_dicom_file(source)
+        if isinstance(source, DicomFile):
+            sop_class, sop_instance, syntax = (
+                source.sop_class_uid,
+                source.sop_instance_uid,
+                source.transfer_syntax,
+            )
+        elif isinstance(source, Dataset):
+            sop_class, sop_instance = str(source.SOPClassUID), str(source.SOPInstanceUID)
+            meta = getattr(source, "file_meta", None)
+            syntax = str(meta.TransferSyntaxUID) if meta and "TransferSyntaxUID" in meta else ""
+        else:
+            sop_class, sop_instance = source.sop_class_uid, source.sop_instance_uid
+            syntax = source.transfer_syntax
+        exact = self.association.context_for(sop_class, syntax) if syntax else None
+        if exact is not None:
+            if isinstance(source, Dataset):
+                return sop_class, sop_instance, exact, encode_dataset(source, syntax)
+            if isinstance(source, RawDataSet):
+                return sop_class, sop_instance, exact, source.data
+            return sop_class, sop_instance, exact, source
+        if syntax and syntax not in _NATIVE:
+            raise NoAcceptedContextError(
+                f"the peer accepted no context for {sop_class} in {syntax}, and converting "
+                "compressed data is not supported"
+            )
+        context = next(
+            (
+                c
+                for c in self.association.contexts.values()
+                if c.abstract_syntax == sop_class and c.transfer_syntax in _NATIVE
+            ),
+            None,
+        )
+        if context is None:
+            raise NoAcceptedContextError(f"the peer accepted no context for SOP class {sop_class}")
+        dataset = _as_dataset(source)
+        return sop_class, sop_instance, context, encode_dataset(dataset, context.transfer_syntax)
+
+    async def _request(
+        self,
+        context_id: int,
+        build: Callable[[int], Message],
+        payload: DicomFile | bytes | None,
+    ) -> Message:
+        self._raise_if_failed()
+        async with self._window:
+            self._raise_if_failed()
+            message_id = next(self._message_ids)
+            while message_id in self._pending:
+                message_id = next(self._message_ids)
+            future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+            self._pending[message_id] = future
+            try:
+                async with self._send_lock:
+                    self._raise_if_failed()
+                    self._link.connection.send_message(context_id, build(message_id))
+                    if payload is not None:
+                        await self._send_payload(context_id, payload)
+                    else:
+                        await self._link.drain()
+                return await asyncio.wait_for(asyncio.shield(future), self._link.timeouts.dimse)
+            except TimeoutError:
+                self.abort()
+                raise AssociationError("no response within the DIMSE timeout") from None
+            finally:
+                self._pending.pop(message_id, None)
+
+    async def _send_payload(self, context_id: int, payload: DicomFile | bytes) -> None:
+        connection = self._link.connection
+        if isinstance(payload, bytes):
+            connection.send_data(context_id, payload, True)
+            await self._link.drain()
+            return
+        peer_max = self.association.peer_max_pdu
+        pdv = peer_max - 6 if peer_max else _FILE_BLOCK
+        block = pdv * max(1, _FILE_BLOCK // pdv)  # whole PDVs per read
+        with payload.path.open("rb", buffering=0) as fp:
+            fp.seek(payload.dataset_offset)
+            remaining = payload.dataset_size
+            buffer = bytearray(min(block, max(remaining, 1)))
+            while True:
+                count = fp.readinto(buffer) if remaining else 0
+                remaining -= count
+                data = bytes(buffer[:count])
+                connection.send_data(context_id, data, remaining <= 0 or count == 0)
+                await self._link.drain()
+                if remaining <= 0 or count == 0:
+                    break
+        if remaining > 0:
+            raise AssociationError(f"{payload.path} shrank while it was being sent")
+
+    async def _read_loop(self) -> None:
+        connection = self._link.connection
+        while connection.state.name != "STA1":
+            try:
+                data = await self._link.read()
+            except TimeoutError:
+                if connection.artim_running:
+                    connection.artim_expired()
+                    self._link.flush()
+                    continue
+                data = b""  # idle for too long: the peer is gone
+            for event in connection.receive_data(data):
+                self._dispatch(event)
+            self._link.flush()
+        self._fail(AssociationError("association closed"))
+
+    def _dispatch(self, event: ev.Event) -> None:
+        if isinstance(event, ev.CommandReceived):
+            message = event.message
+            if isinstance(message, CEchoRSP | CStoreRSP):
+                future = self._pending.get(message.message_id_being_responded_to)
+                if future is not None and not future.done():
+                    future.set_result(message)
+                else:
+                    log.warning("response to unknown message ID %s", message)
+            else:
+                log.error("%s: unexpected request %s; aborting", self._link.peer, message)
+                self._link.connection.abort()
+        elif isinstance(event, ev.ReleaseRequested):
+            self._link.connection.accept_release()
+        elif isinstance(event, ev.ReleaseConfirmed):
+            if not self._released.done():
+                self._released.set_result(None)
+        elif isinstance(event, ev.Aborted):
+            who = "peer" if event.source is AbortSource.SERVICE_USER else "provider"
+            detail = event.local_error or f"reason {event.reason}"
+            self._fail(AssociationError(f"association aborted by the {who}: {detail}"))
+
+    def _fail(self, error: AssociationError) -> None:
+        if self._failure is None:
+            self._failure = error
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        if not self._released.done():
+            self._released.set_exception(error)
+            self._released.exception()  # retrieved: release() reports it differently
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def _finish(self) -> None:
+        await self._link.close()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+def _as_dataset(source: DicomFile | Dataset | RawDataSet) -> Dataset:
+    """Decode a source for re-encoding; only uncompressed encodings get here."""
+    if isinstance(source, Dataset):
+        return source
+    if isinstance(source, DicomFile):
+        return dcmread(source.path)
+    raw, syntax = source.data, UID(source.transfer_syntax)
+    if syntax.is_deflated:
+        raw = zlib.decompress(raw, -zlib.MAX_WBITS)
+    return read_dataset(io.BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian)
+
+
+def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
+    """Encode `dataset` in an uncompressed transfer syntax (deflate included)."""
+    syntax = UID(transfer_syntax)
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = syntax.is_little_endian
+    buffer.is_implicit_VR = syntax.is_implicit_VR
+    write_dataset(buffer, dataset)
+    data = buffer.getvalue()
+    if syntax.is_deflated:
+        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = compressor.compress(data) + compressor.flush()
+    return data
+
+
+def default_contexts(*sop_classes: str) -> list[ProposedContext]:
+    """Verification plus each SOP class in the uncompressed syntaxes."""
+    classes = dict.fromkeys(("1.2.840.10008.1.1", *sop_classes))
+    return [ProposedContext(uid, tuple(NATIVE_TRANSFER_SYNTAXES)) for uid in classes]
+
+
+def connect(
+    host: str,
+    port: int,
+    *,
+    calling_ae: str = "DIMSE",
+    called_ae: str = "ANY-SCP",
+    contexts: Sequence[ProposedContext] | None = None,
+    max_pdu: int = DEFAULT_MAX_PDU,
+    async_ops: int = 1,
+    roles: Sequence[RoleSelection] = (),
+    user_identity: UserIdentityRQ | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
+) -> Opening:
+    """Connect and negotiate an association to an SCP.
+
+    Await it (`assoc = await connect(...)`) or use it as `async with connect(...) as
+    assoc`, which releases on exit and aborts on an exception. Raises
+    AssociationRejectedError or AssociationError.
+    """
+    request = build_request(
+        calling_ae,
+        called_ae,
+        contexts if contexts is not None else default_contexts(),
+        max_pdu=max_pdu,
+        async_ops=(async_ops, 1) if async_ops != 1 else None,
+        roles=roles,
+        user_identity=user_identity,
+    )
+    return Opening(_open(host, port, request, ssl_context, timeouts))
+
+
+async def _open(
+    host: str,
+    port: int,
+    request: AAssociateRQ,
+    ssl_context: ssl.SSLContext | None,
+    timeouts: Timeouts,
+) -> ClientAssociation:
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ssl_context, limit=1 << 22),
+            timeouts.connect,
+        )
+    except TimeoutError:
+        raise AssociationError(f"could not connect to {host}:{port}: timed out") from None
+    except OSError as error:
+        raise AssociationError(f"could not connect to {host}:{port}: {error}") from None
+    connection = Connection(request)
+    link = Link(connection, reader, writer, timeouts)
+    connection.connection_made()
+    await link.drain()
+    try:
+        while True:
+            data = await asyncio.wait_for(link.read(), timeouts.acse)
+            for event in connection.receive_data(data):
+                if isinstance(event, ev.AssociationAccepted):
+                    link.flush()
+                    return ClientAssociation(link, event.association)
+                if isinstance(event, ev.AssociationRejected):
+                    raise AssociationRejectedError(event.reject)
+                if isinstance(event, ev.Aborted):
+                    raise AssociationError(
+                        event.local_error or f"association aborted (reason {event.reason})"
+                    )
+                if isinstance(event, ev.ConnectionClosed):
+                    raise AssociationError("connection closed during association set-up")
+            link.flush()
+    except TimeoutError:
+        connection.abort()
+        raise AssociationError("no answer to the association request in time") from None
+    finally:
+        if connection.state.name != "STA6":
+            link.flush()
+            await link.close()
+
+
+class Opening:
+    """An association being opened: awaitable, or an async context manager."""
+
+    def __init__(self, opening: Coroutine[None, None, ClientAssociation]) -> None:
+        self._opening = opening
+        self._association: ClientAssociation | None = None
+
+    def __await__(self) -> Generator[Any, None, ClientAssociation]:
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> ClientAssociation:
+        self._association = await self._opening
+        return self._association
+
+    async def __aexit__(self, kind: object, *rest: object) -> None:
+        assert self._association is not None
+        await self._association.__aexit__(kind, *rest)

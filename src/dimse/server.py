@@ -1,0 +1,422 @@
+"""The asyncio SCP: accepts associations and hands C-ECHO / C-STORE to a provider.
+
+A :class:`ServiceProvider` is the user's plug-in, in the shape of fo-dicom's
+IDicomServiceProvider + IDicomCStoreProvider: decide on association requests,
+answer C-ECHO, receive C-STORE data sets as a stream of fragments, hear of
+release and abort. Each association runs as its own task; a failure in one is
+logged and never reaches another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from dimse import events as ev
+from dimse.connection import Connection
+from dimse.dimse import (
+    CEchoRQ,
+    CEchoRSP,
+    CStoreRQ,
+    CStoreRSP,
+    Message,
+    UnknownCommand,
+)
+from dimse.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy, Association, negotiate
+from dimse.pdu import (
+    LOCAL_LIMIT_EXCEEDED,
+    AAssociateRJ,
+    AAssociateRQ,
+    RejectResult,
+    RejectSource,
+)
+from dimse.sop_classes import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION
+from dimse.status import Status
+from dimse.transport import Link, Timeouts
+
+log = logging.getLogger("dimse.server")
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end of an association."""
+
+    address: str
+    calling_ae: str
+    called_ae: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """A C-STORE-RQ as the provider sees it, before its data set arrives."""
+
+    message: CStoreRQ
+    transfer_syntax: str
+    peer: Peer
+    association: Association
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A response status and, for failures, a comment for the peer (PS3.7 C.4)."""
+
+    status: int
+    comment: str | None = None
+
+
+class DataSetSink(Protocol):
+    """Receives one data set, fragment by fragment, in order."""
+
+    async def write(self, data: memoryview) -> None: ...
+
+    async def complete(self) -> int | Outcome:
+        """The last fragment arrived: store durably, then return the status."""
+        ...
+
+    async def discard(self) -> None:
+        """The data set will not be completed (abort, connection lost)."""
+        ...
+
+
+class ServiceProvider:
+    """Override what you need; the defaults accept, echo, and refuse storage."""
+
+    async def on_association(self, request: AAssociateRQ, address: str) -> AAssociateRJ | None:
+        """Return a rejection to refuse a request the policy let through."""
+        return None
+
+    async def on_echo(self, peer: Peer) -> int | Outcome:
+        return Status.SUCCESS
+
+    async def on_store(self, request: StoreRequest) -> DataSetSink | int | Outcome:
+        """A sink to stream the data set into, or a failure status to refuse it."""
+        return Status.REFUSED_SOP_CLASS_NOT_SUPPORTED
+
+    async def on_release(self, peer: Peer) -> None:
+        return None
+
+    async def on_abort(self, peer: Peer, reason: str) -> None:
+        return None
+
+
+def default_syntaxes() -> dict[str, frozenset[str]]:
+    """Verification and every storage SOP class, in every transfer syntax."""
+    everything: frozenset[str] = frozenset(ALL_TRANSFER_SYNTAXES)
+    syntaxes: dict[str, frozenset[str]] = dict.fromkeys(STORAGE_SOP_CLASSES, everything)
+    syntaxes[VERIFICATION] = frozenset(("1.2.840.10008.1.2", "1.2.840.10008.1.2.1"))
+    return syntaxes
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    ae_title: str = "DIMSE"
+    syntaxes: Mapping[str, frozenset[str]] = field(default_factory=default_syntaxes)
+    check_called_ae: bool = True
+    calling_aes: frozenset[str] | None = None
+    max_pdu: int = DEFAULT_MAX_PDU
+    max_async_ops: int = 16
+    max_associations: int = 50
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    ssl_context: ssl.SSLContext | None = None
+
+    def policy(self) -> AcceptorPolicy:
+        return AcceptorPolicy(
+            ae_title=self.ae_title,
+            syntaxes=self.syntaxes,
+            check_called_ae=self.check_called_ae,
+            calling_aes=self.calling_aes,
+            max_pdu=self.max_pdu,
+            max_async_ops=self.max_async_ops,
+        )
+
+
+class Server:
+    """A listening SCP. `async with Server(...)`, or start() and close()."""
+
+    def __init__(
+        self,
+        provider: ServiceProvider,
+        host: str = "0.0.0.0",
+        port: int = 11112,
+        options: ServerOptions | None = None,
+    ) -> None:
+        self.provider = provider
+        self.host = host
+        self.port = port
+        self.options = options or ServerOptions()
+        self._policy = self.options.policy()
+        self._server: asyncio.Server | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
+
+    @property
+    def active_associations(self) -> int:
+        return len(self._sessions)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept,
+            self.host,
+            self.port,
+            ssl=self.options.ssl_context,
+            limit=1 << 22,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("listening on %s:%d as %s", self.host, self.port, self.options.ae_title)
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def close(self, grace: float = 30.0) -> None:
+        """Stop accepting, let running associations finish for `grace` s, then abort."""
+        if self._server is not None:
+            self._server.close()
+        if self._sessions:
+            log.info("waiting up to %.0f s for %d association(s)", grace, len(self._sessions))
+            _, running = await asyncio.wait(set(self._sessions), timeout=grace)
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.wait(running)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link = Link(Connection(), reader, writer, self.options.timeouts)
+        session = _Session(self, link)
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        try:
+            await session.run()
+        except asyncio.CancelledError:
+            session.abort("server shutting down")
+            raise
+        except Exception:
+            log.exception("%s: association failed", link.peer)
+            session.abort("internal error")
+        finally:
+            self._sessions.discard(task)
+            await session.cleanup()
+
+
+class _Session:
+    """One association on the server side."""
+
+    def __init__(self, server: Server, link: Link) -> None:
+        self.server = server
+        self.provider = server.provider
+        self.link = link
+        self.connection = link.connection
+        self.peer = Peer(link.peer, "", "")
+        self.association: Association | None = None
+        self._receiving: tuple[int, CStoreRQ, DataSetSink | Outcome] | None = None
+        self._working: set[asyncio.Task[None]] = set()
+        self._started = time.monotonic()
+        self._stored = 0
+
+    async def run(self) -> None:
+        self.connection.connection_made()
+        while not self.connection.closing:
+            try:
+                data = await self.link.read()
+            except TimeoutError:
+                if self.connection.artim_running:
+                    log.warning("%s: ARTIM expired; closing", self.peer.address)
+                    self.connection.artim_expired()
+                else:
+                    log.warning("%s: idle timeout; aborting", self.peer.address)
+                    self.abort("idle timeout")
+                self.link.flush()
+                continue
+            for event in self.connection.receive_data(data):
+                await self._dispatch(event)
+            await self.link.drain()
+            await self._throttle()
+
+    async def _throttle(self) -> None:
+        """Stop reading while as many operations run as the peer may have outstanding."""
+        limit = self.association.max_invoked if self.association else 1
+        while limit and len(self._working) >= limit:
+            await asyncio.wait(set(self._working), return_when=asyncio.FIRST_COMPLETED)
+
+    async def _dispatch(self, event: ev.Event) -> None:
+        if isinstance(event, ev.DataReceived):
+            await self._data(event)
+        elif isinstance(event, ev.CommandReceived):
+            await self._command(event)
+        elif isinstance(event, ev.AssociationRequested):
+            await self._associate(event.request)
+        elif isinstance(event, ev.ReleaseRequested):
+            if self._working:
+                await asyncio.wait(set(self._working))
+            self.connection.accept_release()
+            log.info(
+                "%s: %s released after %d stored in %.2f s",
+                self.peer.address,
+                self.peer.calling_ae,
+                self._stored,
+                time.monotonic() - self._started,
+            )
+            await self.provider.on_release(self.peer)
+        elif isinstance(event, ev.Aborted):
+            reason = event.local_error or f"A-ABORT from {event.source.name}, reason {event.reason}"
+            log.warning("%s: %s aborted: %s", self.peer.address, self.peer.calling_ae, reason)
+            await self._drop_receiving()
+            await self.provider.on_abort(self.peer, reason)
+
+    async def _associate(self, request: AAssociateRQ) -> None:
+        self.peer = Peer(self.link.peer, request.calling_ae, request.called_ae)
+        answer = negotiate(request, self.server._policy)
+        if not isinstance(answer, AAssociateRJ):
+            if self.server.active_associations > self.server.options.max_associations:
+                answer = AAssociateRJ(
+                    RejectResult.TRANSIENT,
+                    RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                    LOCAL_LIMIT_EXCEEDED,
+                )
+            else:
+                answer = await self.provider.on_association(request, self.link.peer) or answer
+        if isinstance(answer, AAssociateRJ):
+            log.warning(
+                "%s: rejected association %s -> %s: result %s, source %s, reason %d",
+                self.peer.address,
+                request.calling_ae,
+                request.called_ae,
+                answer.result.name,
+                answer.source.name,
+                answer.reason,
+            )
+            self.connection.reject(answer)
+            return
+        ac, self.association = answer
+        self.connection.accept(ac, self.association)
+        log.info(
+            "%s: association %s -> %s accepted (%d contexts, max PDU %d, window %d)",
+            self.peer.address,
+            request.calling_ae,
+            request.called_ae,
+            len(self.association.contexts),
+            self.association.peer_max_pdu,
+            self.association.max_invoked,
+        )
+
+    async def _command(self, event: ev.CommandReceived) -> None:
+        message = event.message
+        if isinstance(message, CStoreRQ):
+            assert self.association is not None
+            request = StoreRequest(
+                message,
+                self.association.contexts[event.context_id].transfer_syntax,
+                self.peer,
+                self.association,
+            )
+            target = await self._guard(self.provider.on_store(request))
+            sink = target if not isinstance(target, int) else Outcome(target)
+            self._receiving = (event.context_id, message, sink)
+        elif isinstance(message, CEchoRQ):
+            outcome = _outcome(await self._guard(self.provider.on_echo(self.peer)))
+            self._respond(
+                event.context_id,
+                CEchoRSP(message.message_id, outcome.status, message.affected_sop_class_uid),
+            )
+        elif isinstance(message, UnknownCommand) and message.message_id is not None:
+            # PS3.7 §C.5.7 (0211): a service we do not provide.
+            log.warning("%s: unsupported command 0x%04X", self.peer.address, message.command_field)
+            self._respond(event.context_id, message.unrecognized())
+        else:
+            log.error("%s: unexpected %s; aborting", self.peer.address, type(message).__name__)
+            self.abort("unexpected DIMSE message")
+
+    async def _data(self, event: ev.DataReceived) -> None:
+        if self._receiving is None:
+            return  # data of a command we did not keep (an unknown one): dropped
+        context_id, message, sink = self._receiving
+        if not isinstance(sink, Outcome):
+            try:
+                await sink.write(event.data)
+            except Exception as error:
+                log.exception(
+                    "%s: storing %s failed", self.peer.address, message.affected_sop_instance_uid
+                )
+                await sink.discard()
+                sink = Outcome(Status.OUT_OF_RESOURCES, f"cannot store: {error}")
+                self._receiving = (context_id, message, sink)
+        if not event.last:
+            return
+        self._receiving = None
+        task = asyncio.create_task(self._complete(context_id, message, sink))
+        self._working.add(task)
+        task.add_done_callback(self._working.discard)
+
+    async def _complete(
+        self, context_id: int, message: CStoreRQ, sink: DataSetSink | Outcome
+    ) -> None:
+        if isinstance(sink, Outcome):
+            outcome = sink
+        else:
+            outcome = _outcome(await self._guard(sink.complete()))
+        if outcome.status == Status.SUCCESS:
+            self._stored += 1
+        self._respond(
+            context_id,
+            CStoreRSP(
+                message.message_id,
+                outcome.status,
+                message.affected_sop_class_uid,
+                message.affected_sop_instance_uid,
+                error_comment=outcome.comment,
+            ),
+        )
+        await self.link.drain()
+
+    async def _guard(self, call: Awaitable[_T]) -> _T | Outcome:
+        try:
+            return await call
+        except Exception as error:
+            log.exception("%s: service provider failed", self.peer.address)
+            return Outcome(Status.PROCESSING_FAILURE, str(error)[:64])
+
+    def _respond(self, context_id: int, message: Message) -> None:
+        if self.connection.state.name in ("STA6", "STA8"):
+            self.connection.send_message(context_id, message)
+            self.link.flush()
+
+    async def _drop_receiving(self) -> None:
+        if self._receiving is not None:
+            _, _, sink = self._receiving
+            self._receiving = None
+            if not isinstance(sink, Outcome):
+                await sink.discard()
+
+    def abort(self, reason: str) -> None:
+        self.connection.abort()
+        self.link.flush()
+        self.link.writer.close()
+
+    async def cleanup(self) -> None:
+        for task in self._working:
+            task.cancel()
+        await self._drop_receiving()
+        await self.link.close()
+
+
+def _outcome(value: int | Outcome) -> Outcome:
+    return value if isinstance(value, Outcome) else Outcome(int(value))
