@@ -15,11 +15,16 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from dimse.client import AssociationError, NoAcceptedContextError, connect, default_contexts
+from dimse.client import (
+    AssociationError,
+    NoAcceptedContextError,
+    connect,
+    contexts_for,
+    default_contexts,
+)
 from dimse.files import DicomFile, NotDicomError, open_dicom_file
-from dimse.negotiation import DEFAULT_MAX_PDU, MAX_CONTEXTS, ProposedContext
+from dimse.negotiation import DEFAULT_MAX_PDU, MAX_CONTEXTS
 from dimse.server import Server, ServerOptions
-from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES
 from dimse.status import Category, category, describe
 from dimse.storage import StorageProvider
 from dimse.transport import Timeouts
@@ -193,20 +198,6 @@ def _walk(paths: Sequence[str], recurse: bool) -> Iterator[Path]:
             raise UsageError(f"dimse store: no such file or folder: {name}")
 
 
-def propose(files: Sequence[DicomFile]) -> list[ProposedContext]:
-    """One context per (SOP class, transfer syntax) seen, with uncompressed fallbacks.
-
-    Proposing the file's own syntax first lets the SCP keep it, so the data set is
-    sent from the file's bytes; the fallbacks let a converting send still succeed.
-    """
-    seen = dict.fromkeys((f.sop_class_uid, f.transfer_syntax) for f in files)
-    contexts = []
-    for sop_class, syntax in seen:
-        syntaxes = dict.fromkeys((syntax, *NATIVE_TRANSFER_SYNTAXES[:2]))
-        contexts.append(ProposedContext(sop_class, tuple(syntaxes)))
-    return contexts
-
-
 async def _store(args: argparse.Namespace) -> int:
     files: list[DicomFile] = []
     for path in _walk(args.paths, args.recurse):
@@ -218,7 +209,7 @@ async def _store(args: argparse.Namespace) -> int:
             print(f"skipped: {path}: {error.strerror}", file=sys.stderr)
     if not files:
         raise UsageError("dimse store: no DICOM files to send")
-    contexts = propose(files)
+    contexts = contexts_for(files)
     if len(contexts) > MAX_CONTEXTS:
         raise UsageError(
             f"dimse store: {len(contexts)} SOP class/transfer syntax pairs exceed the "

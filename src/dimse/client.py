@@ -10,6 +10,7 @@ in flight; each response is matched to its request by Message ID.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import io
@@ -245,7 +246,7 @@ class ClientAssociation:
     async def _send_payload(self, context_id: int, payload: DicomFile | bytes) -> None:
         connection = self._link.connection
         if isinstance(payload, bytes):
-            connection.send_data(context_id, payload, True)
+            connection.send_data(context_id, payload + bytes(len(payload) % 2), True)
             await self._link.drain()
             return
         peer_max = self.association.peer_max_pdu
@@ -258,8 +259,11 @@ class ClientAssociation:
             while True:
                 count = fp.readinto(buffer) if remaining else 0
                 remaining -= count
-                data = bytes(buffer[:count])
-                connection.send_data(context_id, data, remaining <= 0 or count == 0)
+                last = remaining <= 0 or count == 0
+                # PDVs carry even lengths (PS3.8 §9.3.5.1 via PS3.5 §7.1): an odd
+                # data set, e.g. a deflated stream (PS3.5 §A.5), gets a NUL pad.
+                pad = bytes(payload.dataset_size % 2) if last else b""
+                connection.send_data(context_id, bytes(buffer[:count]) + pad, last)
                 await self._link.drain()
                 if remaining <= 0 or count == 0:
                     break
@@ -337,9 +341,32 @@ def _as_dataset(source: DicomFile | Dataset | RawDataSet) -> Dataset:
     return read_dataset(io.BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian)
 
 
+#: Word sizes of the "other" VRs whose byte order follows the transfer syntax
+#: (PS3.5 §7.3); pydicom keeps their values as raw bytes, unswapped.
+_WORD_SIZE = {"OW": "H", "OF": "I", "OL": "I", "OD": "Q", "OV": "Q"}
+
+
+def _swap_words(dataset: Dataset) -> None:
+    """Reverse the byte order of OW/OF/OL/OD/OV values, in place."""
+    for element in dataset.iterall():
+        code = _WORD_SIZE.get(element.VR)
+        if code and isinstance(element.value, bytes):
+            words = array.array(code)
+            usable = len(element.value) - len(element.value) % words.itemsize
+            words.frombytes(element.value[:usable])
+            words.byteswap()
+            element.value = words.tobytes() + element.value[usable:]
+
+
 def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
-    """Encode `dataset` in an uncompressed transfer syntax (deflate included)."""
+    """Encode `dataset` in an uncompressed transfer syntax (deflate included).
+
+    A data set read in the other byte order has its word values swapped in place.
+    """
     syntax = UID(transfer_syntax)
+    source = dataset.original_encoding
+    if source[1] is not None and source[1] != syntax.is_little_endian:
+        _swap_words(dataset)
     buffer = DicomBytesIO()
     buffer.is_little_endian = syntax.is_little_endian
     buffer.is_implicit_VR = syntax.is_implicit_VR
@@ -355,6 +382,27 @@ def default_contexts(*sop_classes: str) -> list[ProposedContext]:
     """Verification plus each SOP class in the uncompressed syntaxes."""
     classes = dict.fromkeys(("1.2.840.10008.1.1", *sop_classes))
     return [ProposedContext(uid, tuple(NATIVE_TRANSFER_SYNTAXES)) for uid in classes]
+
+
+def contexts_for(files: Sequence[DicomFile]) -> list[ProposedContext]:
+    """Contexts to send `files` as they are, with a fallback to convert to.
+
+    Each (SOP class, transfer syntax) of the files gets a context of its own, so
+    an SCP that prefers another syntax cannot force a conversion; a class also
+    gets one context with the little-endian uncompressed syntaxes it lacks, so a
+    file whose own syntax is refused can still be sent converted (PS3.5 §10.1:
+    Implicit VR Little Endian is supported by every SCP).
+    """
+    by_class: dict[str, dict[str, None]] = {}
+    for file in files:
+        by_class.setdefault(file.sop_class_uid, {})[file.transfer_syntax] = None
+    contexts = []
+    for sop_class, syntaxes in by_class.items():
+        contexts += [ProposedContext(sop_class, (syntax,)) for syntax in syntaxes]
+        fallback = tuple(ts for ts in NATIVE_TRANSFER_SYNTAXES[:2] if ts not in syntaxes)
+        if fallback:
+            contexts.append(ProposedContext(sop_class, fallback))
+    return contexts
 
 
 def connect(

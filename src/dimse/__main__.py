@@ -1,0 +1,5 @@
+import sys
+
+from dimse.cli import main
+
+sys.exit(main())

@@ -1,0 +1,151 @@
+"""Shared test helpers: pydicom's bundled files, free ports, peers as real processes."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dimse.files import open_dicom_file
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+#: One or two of pydicom's bundled files per transfer syntax (used from the package
+#: folder: asking pydicom's data manager for a file that is not bundled downloads it).
+SAMPLES: dict[str, tuple[str, ...]] = {
+    "1.2.840.10008.1.2": ("MR_small_implicit.dcm", "SC_rgb_jpeg_dcmd.dcm"),
+    "1.2.840.10008.1.2.1": ("CT_small.dcm", "SC_ybr_full_422_uncompressed.dcm"),
+    "1.2.840.10008.1.2.2": ("ExplVR_BigEnd.dcm",),
+    "1.2.840.10008.1.2.1.99": ("image_dfl.dcm",),
+    "1.2.840.10008.1.2.4.50": ("SC_rgb_jpeg_dcmtk.dcm",),
+    "1.2.840.10008.1.2.4.51": ("JPEG-lossy.dcm",),
+    "1.2.840.10008.1.2.4.81": ("JPEGLSNearLossless_16.dcm",),
+    "1.2.840.10008.1.2.4.90": ("examples_jpeg2k.dcm",),
+    "1.2.840.10008.1.2.4.91": ("693_J2KI.dcm",),
+    "1.2.840.10008.1.2.5": ("SC_rgb_rle.dcm",),
+}
+SAMPLE_FILES: list[Path] = [TEST_FILES / n for names in SAMPLES.values() for n in names]
+
+PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}  # Debian's dcmtk waits on delayed ACKs otherwise
+
+
+def require(tool: str) -> str:
+    """The path of a dcmtk tool; a missing one skips, except in CI where it fails.
+
+    pynetdicom installs console scripts with dcmtk's names (storescu, storescp...),
+    so the tool is recognised by its version banner, not by its name.
+    """
+    path = _dcmtk_tool(tool)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"dcmtk's {tool} is required in CI (scripts/install-test-deps)")
+        pytest.skip(f"dcmtk's {tool} not installed")
+    return path
+
+
+@functools.cache
+def _dcmtk_tool(tool: str) -> str | None:
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = shutil.which(tool, path=folder)
+        if candidate is None:
+            continue
+        banner = subprocess.run([candidate, "--version"], capture_output=True, text=True)
+        if "dcmtk" in (banner.stdout + banner.stderr).lower():
+            return candidate
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+class Processes:
+    """Processes a test starts; each is ended by its own PID at teardown."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: Sequence[str | Path], **kwargs: object) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [str(a) for a in args],
+            env=PEER_ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            **kwargs,  # type: ignore[call-overload]
+        )
+        self.started.append(process)
+        return process
+
+    def server(self, args: Sequence[str | Path], port: int) -> subprocess.Popen[bytes]:
+        process = self.start(args)
+        wait_for_port(port, process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    started = Processes()
+    yield started
+    started.stop_all()
+
+
+def dimse_command(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "dimse", *(str(a) for a in args)]
+
+
+def run(args: Sequence[str | Path], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in args], env=PEER_ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """A PS3.10 file's data set as encoded, without preamble and file meta."""
+    file = open_dicom_file(path)
+    with path.open("rb") as fp:
+        fp.seek(file.dataset_offset)
+        return fp.read()
+
+
+def stored_files(root: Path) -> dict[str, Path]:
+    """Received files by SOP instance UID, wherever the archive put them."""
+    found = {}
+    for path in root.rglob("*"):
+        if path.is_file() and not any(p.startswith(".") for p in path.relative_to(root).parts):
+            found[open_dicom_file(path).sop_instance_uid] = path
+    return found
