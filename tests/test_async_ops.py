@@ -1,0 +1,102 @@
+"""Asynchronous operations (PS3.7 §D.3.3.3): several C-STOREs in flight on one association."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import dimse
+from dimse.client import RawDataSet
+from dimse.dimse import CStoreRSP
+from dimse.negotiation import ProposedContext
+from dimse.server import DataSetSink, Outcome, StoreRequest
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+class Gate:
+    """Holds every store open until `expected` are in progress at once (or a deadline)."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.in_progress = 0
+        self.peak = 0
+        self.all_in = asyncio.Event()
+        self.received: dict[str, bytes] = {}
+
+
+class HeldSink:
+    def __init__(self, gate: Gate, uid: str) -> None:
+        self.gate, self.uid, self.data = gate, uid, bytearray()
+
+    async def write(self, data: memoryview) -> None:
+        self.data += data
+
+    async def complete(self) -> int | Outcome:
+        gate = self.gate
+        gate.in_progress += 1
+        gate.peak = max(gate.peak, gate.in_progress)
+        if gate.in_progress >= gate.expected:
+            gate.all_in.set()
+        # If fewer come at once than expected, the deadline passes and `peak` tells.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gate.all_in.wait(), 5)
+        gate.in_progress -= 1
+        gate.received[self.uid] = bytes(self.data)
+        return dimse.Status.SUCCESS
+
+    async def discard(self) -> None:
+        self.data.clear()
+
+
+class HoldingProvider(dimse.ServiceProvider):
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    async def on_store(self, request: StoreRequest) -> DataSetSink | int | Outcome:
+        return HeldSink(self.gate, request.message.affected_sop_instance_uid)
+
+
+def _instance(n: int) -> RawDataSet:
+    return RawDataSet(CT, f"1.2.3.{n}", EXPLICIT_LE, bytes([n % 256]) * (1000 + 2 * n))
+
+
+async def _store_all(window: int, count: int) -> tuple[Gate, list[Any], list[CStoreRSP]]:
+    gate = Gate(expected=window)
+    options = dimse.ServerOptions(max_async_ops=16)
+    async with dimse.Server(HoldingProvider(gate), "127.0.0.1", 0, options) as server:
+        called: list[CStoreRSP] = []
+        async with dimse.connect(
+            "127.0.0.1",
+            server.port,
+            called_ae="DIMSE",
+            contexts=[ProposedContext(CT, (EXPLICIT_LE,))],
+            async_ops=window,
+        ) as assoc:
+            assert assoc.association.max_invoked == window
+            sources = [_instance(n) for n in range(count)]
+            responses = await asyncio.gather(
+                *(assoc.store(s, callback=called.append) for s in sources)
+            )
+    return gate, responses, called
+
+
+def test_window_of_eight_keeps_eight_in_flight() -> None:
+    gate, responses, called = asyncio.run(_store_all(window=8, count=24))
+    assert gate.peak == 8  # the server saw 8 stores outstanding at once, never more
+    for n, response in enumerate(responses):
+        assert response.status == 0
+        assert response.affected_sop_instance_uid == f"1.2.3.{n}"
+        assert gate.received[f"1.2.3.{n}"] == _instance(n).data
+    assert len({r.message_id_being_responded_to for r in responses}) == 24
+    assert sorted(called, key=lambda r: r.affected_sop_instance_uid) == sorted(
+        responses, key=lambda r: r.affected_sop_instance_uid
+    )
+
+
+def test_window_of_one_is_synchronous() -> None:
+    gate, responses, _ = asyncio.run(_store_all(window=1, count=4))
+    assert gate.peak == 1
+    assert [r.status for r in responses] == [0] * 4
