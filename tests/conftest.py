@@ -146,6 +146,7 @@ def stored_files(root: Path) -> dict[str, Path]:
     """Received files by SOP instance UID, wherever the archive put them."""
     found = {}
     for path in root.rglob("*"):
-        if path.is_file() and not any(p.startswith(".") for p in path.relative_to(root).parts):
+        hidden = any(p.startswith(".") for p in path.relative_to(root).parts)
+        if path.is_file() and not hidden and not path.name.startswith("index.sqlite"):
             found[open_dicom_file(path).sop_instance_uid] = path
     return found

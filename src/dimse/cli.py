@@ -10,10 +10,15 @@ import argparse
 import asyncio
 import logging
 import signal
+import sqlite3
 import sys
 import time
+import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from pydicom._uid_dict import UID_dictionary
+from pydicom.uid import UID
 
 from dimse.client import (
     AssociationError,
@@ -23,10 +28,21 @@ from dimse.client import (
     default_contexts,
 )
 from dimse.files import DicomFile, NotDicomError, open_dicom_file
+from dimse.hooks import CommandRunner, on_reception, on_study
+from dimse.index import Index
 from dimse.negotiation import DEFAULT_MAX_PDU, MAX_CONTEXTS
-from dimse.server import Server, ServerOptions
+from dimse.server import Server, ServerOptions, default_syntaxes
+from dimse.sop_classes import ALL_TRANSFER_SYNTAXES, VERIFICATION
 from dimse.status import Category, category, describe
-from dimse.storage import StorageProvider
+from dimse.storage import (
+    INDEX_FILE,
+    AllowRule,
+    DuplicatePolicy,
+    Layout,
+    StorageProvider,
+    check_index,
+    rebuild_index,
+)
 from dimse.transport import Timeouts
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ASSOCIATION = 0, 1, 2, 3
@@ -75,6 +91,16 @@ def _seconds(value: str) -> float:
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"not a positive number of seconds: {value!r}")
     return seconds
+
+
+def _uid(value: str) -> str:
+    """A UID, or the keyword pydicom's registry knows it by (CTImageStorage...)."""
+    if UID(value).is_valid:
+        return value
+    found = next((uid for uid, entry in UID_dictionary.items() if entry[4] == value), None)
+    if found is None:
+        raise argparse.ArgumentTypeError(f"neither a UID nor a known UID keyword: {value!r}")
+    return found
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -131,15 +157,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(store)
 
-    serve = commands.add_parser("serve", help="run the storage SCP (archive)")
-    serve.add_argument("port", type=_port, nargs="?", default=11112, help="TCP port (11112)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the storage SCP (archive)",
+        description="A storage SCP that files every received instance durably and indexes "
+        "it. Options may also come from a TOML file (--config) whose keys are the long "
+        "option names; options given here override it.",
+    )
+    serve.add_argument("port", type=_port, nargs="?", help="TCP port (11112)")
+    serve.add_argument("--port", dest="port_option", type=_port, help=argparse.SUPPRESS)
+    serve.add_argument("--config", type=Path, help="TOML file of options")
     serve.add_argument("-aet", "--ae-title", type=_ae_title, default="DIMSE", help="(DIMSE)")
     serve.add_argument(
-        "-od", "--output-directory", type=Path, default=Path("DICOM"), help="(./DICOM)"
+        "-od", "--output-directory", type=Path, default=Path("DICOM"), help="archive root (./DICOM)"
     )
     serve.add_argument("--bind", default="0.0.0.0", help="address to listen on (0.0.0.0)")
     serve.add_argument(
-        "-pdu", "--max-pdu", type=_max_pdu, default=DEFAULT_MAX_PDU, help="max PDU we receive"
+        "--layout",
+        choices=[layout.value for layout in Layout],
+        default=Layout.STUDY.value,
+        help="folders: study = Study/Series/SOP.dcm (default), patient = PatientID/Study/"
+        "Series/SOP.dcm, date = StudyDate/Study/Series/SOP.dcm, flat = SOP.dcm",
+    )
+    serve.add_argument(
+        "--duplicates",
+        choices=[policy.value for policy in DuplicatePolicy],
+        default=DuplicatePolicy.KEEP.value,
+        help="a SOP instance stored again: keep the first and answer Success (default), "
+        "overwrite it, or reject it with 0111",
     )
     serve.add_argument(
         "--no-called-ae-check",
@@ -147,12 +192,61 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept any called AE title (default: must equal -aet)",
     )
     serve.add_argument(
+        "--allow",
+        action="append",
+        metavar="AET[@ADDRESS]",
+        help="accept only these calling AE titles, optionally from one address (repeatable)",
+    )
+    serve.add_argument(
+        "--accept-sop-class",
+        action="append",
+        type=_uid,
+        metavar="UID|KEYWORD",
+        help="accept only these SOP classes (repeatable; default: every storage SOP class)",
+    )
+    serve.add_argument(
+        "--accept-transfer-syntax",
+        action="append",
+        type=_uid,
+        metavar="UID|KEYWORD",
+        help="accept only these transfer syntaxes (repeatable; default: all)",
+    )
+    serve.add_argument(
+        "-pdu", "--max-pdu", type=_max_pdu, default=DEFAULT_MAX_PDU, help="max PDU we receive"
+    )
+    serve.add_argument(
         "--max-associations", type=_positive, default=50, help="simultaneous associations (50)"
     )
     serve.add_argument(
-        "--idle-timeout", type=_seconds, default=300.0, help="abort silent associations, s"
+        "--idle-timeout", type=_seconds, default=300.0, help="abort silent associations, s (300)"
+    )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=_seconds,
+        default=30.0,
+        help="on SIGTERM/SIGINT, let associations finish this long, s (30)",
+    )
+    serve.add_argument(
+        "--exec-on-reception",
+        metavar="COMMAND",
+        help="run for each stored instance; #p path, #f file name, #a calling AE, "
+        "#c called AE, #r peer address, #s study UID",
+    )
+    serve.add_argument(
+        "--exec-on-study",
+        metavar="COMMAND",
+        help="run for each study an association brought, when it ends; #p study folder",
     )
     _common(serve)
+
+    index = commands.add_parser("index", help="check or rebuild the archive's index")
+    index.add_argument("action", choices=["check", "rebuild"])
+    index.add_argument("-od", "--output-directory", type=Path, default=Path("DICOM"))
+    _common(index)
+
+    ls = commands.add_parser("ls", help="list the studies the archive holds")
+    ls.add_argument("-od", "--output-directory", type=Path, default=Path("DICOM"))
+    _common(ls)
     return parser
 
 
@@ -254,34 +348,120 @@ async def _store(args: argparse.Namespace) -> int:
 # --- serve -----------------------------------------------------------------------
 
 
+def _syntaxes(args: argparse.Namespace) -> dict[str, frozenset[str]]:
+    syntaxes = dict(default_syntaxes())
+    if args.accept_sop_class:
+        syntaxes = {uid: ts for uid, ts in syntaxes.items() if uid == VERIFICATION}
+        everything = frozenset(ALL_TRANSFER_SYNTAXES)
+        syntaxes |= {uid: everything for uid in args.accept_sop_class if uid != VERIFICATION}
+    if args.accept_transfer_syntax:
+        chosen = frozenset(args.accept_transfer_syntax)
+        syntaxes = {uid: ts if uid == VERIFICATION else chosen for uid, ts in syntaxes.items()}
+    return syntaxes
+
+
 async def _serve(args: argparse.Namespace) -> int:
-    provider = StorageProvider(args.output_directory)
+    port = args.port or args.port_option or 11112
+    runner = CommandRunner()
+    try:
+        provider = StorageProvider(
+            args.output_directory,
+            layout=Layout(args.layout),
+            duplicates=DuplicatePolicy(args.duplicates),
+            allow=None if args.allow is None else [AllowRule.parse(a) for a in args.allow],
+            on_stored=[on_reception(args.exec_on_reception, runner)]
+            if args.exec_on_reception
+            else [],
+            on_study=[on_study(args.exec_on_study, runner)] if args.exec_on_study else [],
+        )
+    except (OSError, sqlite3.Error) as error:
+        raise UsageError(f"dimse serve: cannot open {args.output_directory}: {error}") from None
     options = ServerOptions(
         ae_title=args.ae_title,
+        syntaxes=_syntaxes(args),
         check_called_ae=not args.no_called_ae_check,
         max_pdu=args.max_pdu,
         max_associations=args.max_associations,
         timeouts=Timeouts(idle=args.idle_timeout),
     )
-    server = Server(provider, args.bind, args.port, options)
+    server = Server(provider, args.bind, port, options)
     try:
         await server.start()
     except OSError as error:
-        raise UsageError(
-            f"dimse serve: cannot listen on port {args.port}: {error.strerror}"
-        ) from None
+        provider.close()
+        message = f"dimse serve: cannot listen on port {port}: {error.strerror}"
+        raise UsageError(message) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     print(
         f"dimse serve: {args.ae_title} listening on {args.bind}:{server.port}, "
-        f"storing into {args.output_directory}",
+        f"archive {args.output_directory} ({provider.index.count()} instances)",
         flush=True,
     )
     await stop.wait()
-    log.info("shutting down")
-    await server.close()
+    log.info("shutting down: no new associations, %.0f s for running ones", args.shutdown_grace)
+    await server.close(args.shutdown_grace)
+    await runner.wait()
+    provider.close()
+    return EXIT_OK
+
+
+# --- index, ls -------------------------------------------------------------------
+
+
+def _archive_root(args: argparse.Namespace) -> Path:
+    root: Path = args.output_directory
+    if not (root / INDEX_FILE).exists():
+        raise UsageError(f"dimse {args.command}: no archive in {root} (no {INDEX_FILE})")
+    return root
+
+
+async def _index(args: argparse.Namespace) -> int:
+    root = _archive_root(args)
+    if args.action == "rebuild":
+        count, unreadable = await asyncio.to_thread(rebuild_index, root)
+        for line in unreadable:
+            print(f"unreadable: {line}", file=sys.stderr)
+        print(f"indexed {count} instance(s) from {root}")
+        return EXIT_FAILED if unreadable else EXIT_OK
+    report = await asyncio.to_thread(check_index, root)
+    for label, paths in (
+        ("indexed but missing", report.missing_files),
+        ("size differs from index", report.wrong_size),
+        ("not in the index", report.unindexed),
+    ):
+        for path in paths:
+            print(f"{label}: {path}")
+    verdict = "consistent" if report.consistent else "INCONSISTENT"
+    print(f"{report.indexed} indexed instance(s): {verdict}")
+    return EXIT_OK if report.consistent else EXIT_FAILED
+
+
+async def _ls(args: argparse.Namespace) -> int:
+    index = Index(_archive_root(args) / INDEX_FILE)
+    try:
+        studies = index.studies()
+    finally:
+        index.close()
+    header = ("PATIENT ID", "PATIENT NAME", "DATE", "MODALITY", "SERIES", "IMAGES", "MB")
+    rows = [
+        (
+            s.patient_id,
+            s.patient_name,
+            s.study_date,
+            s.modalities,
+            str(s.series),
+            str(s.instances),
+            f"{s.size / 1e6:.1f}",
+        )
+        for s in studies
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'}")
     return EXIT_OK
 
 
@@ -294,11 +474,39 @@ def _configure_logging(args: argparse.Namespace) -> None:
     )
 
 
+def _with_config(argv: list[str]) -> list[str]:
+    """`serve --config FILE`: the file's options first, so the command line overrides them."""
+    if not argv or argv[0] != "serve" or "--config" not in argv:
+        return argv
+    at = argv.index("--config")
+    if at + 1 >= len(argv):
+        raise UsageError("dimse serve: --config needs a file name")
+    path = Path(argv[at + 1])
+    try:
+        settings = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"dimse serve: cannot read config {path}: {error}") from None
+    options: list[str] = []
+    for key, value in settings.items():
+        option = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            options += [option] if value else []
+        elif isinstance(value, list):
+            for item in value:
+                options += [option, str(item)]
+        elif isinstance(value, dict):
+            raise UsageError(f"dimse serve: config {path}: {key} is a table, not an option")
+        else:
+            options += [option, str(value)]
+    return ["serve", *options, *argv[1:]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_with_config(list(sys.argv[1:] if argv is None else argv)))
         _configure_logging(args)
-        runner = {"echo": _echo, "store": _store, "serve": _serve}[args.command]
+        commands = {"echo": _echo, "store": _store, "serve": _serve, "index": _index, "ls": _ls}
+        runner = commands[args.command]
         return asyncio.run(runner(args))
     except UsageError as error:
         print(error, file=sys.stderr)

@@ -1,9 +1,11 @@
-"""A storage SCP provider that writes each instance durably as a PS3.10 file.
+"""The archive: a storage SCP provider that files every instance durably and indexes it.
 
-Bit-preserving: the stored file is our file meta followed by the peer's data set
-bytes exactly as received. Durable: the bytes go to a temporary file in the
-storage folder, which is fsynced, renamed into place and its folder fsynced
-before Success is answered (PS3.4 B.2.3: Success means the SCP has stored it).
+Bit-preserving: a stored file is our file meta (PS3.10 §7.1) followed by the
+peer's data set bytes exactly as received. Durable: the bytes stream into a
+temporary file in the archive's own `.incoming` folder, which is fsynced, renamed
+into place, its folder fsynced, and the instance indexed, all before Success is
+answered (PS3.4 §B.2.3: Success means the SCP has stored it). A crash leaves no
+partial file at a final path; leftovers in `.incoming` are removed at start-up.
 """
 
 from __future__ import annotations
@@ -15,23 +17,98 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from dimse.files import file_meta_bytes
-from dimse.server import Outcome, ServiceProvider, StoreRequest
-from dimse.status import Status
+from dimse.index import Index, Instance
+from dimse.pdu import AAssociateRJ, AAssociateRQ, RejectReason, RejectResult, RejectSource
+from dimse.server import Outcome, Peer, ServiceProvider, StoreRequest
+from dimse.status import Status, describe
 
 log = logging.getLogger("dimse.storage")
 
 TEMP_DIR = ".incoming"
-_UNSAFE = re.compile(r"[^0-9A-Za-z.\-]")
+INDEX_FILE = "index.sqlite"
+_UNSAFE = re.compile(r"[^0-9A-Za-z.\-^ ]")
+_T = TypeVar("_T")
 
 
 def safe_name(value: str) -> str:
     """A path component from an attribute value: no separators, no '..', never empty."""
-    name = _UNSAFE.sub("_", value.strip())[:128].strip(".")
+    name = _UNSAFE.sub("_", value.strip()).replace(" ", "_")[:64].strip(".")
     return name or "_"
+
+
+class Layout(Enum):
+    """Where an instance goes under the root, like storescp's --sort-on-* options."""
+
+    STUDY = "study"  # <Study UID>/<Series UID>/<SOP UID>.dcm
+    PATIENT = "patient"  # <Patient ID>/<Study UID>/<Series UID>/<SOP UID>.dcm
+    DATE = "date"  # <Study date>/<Study UID>/<Series UID>/<SOP UID>.dcm
+    FLAT = "flat"  # <SOP UID>.dcm
+
+    def path(self, item: Instance) -> Path:
+        name = safe_name(item.sop_instance_uid) + ".dcm"
+        if self is Layout.FLAT:
+            return Path(name)
+        study = Path(safe_name(item.study_uid), safe_name(item.series_uid), name)
+        if self is Layout.PATIENT:
+            return safe_name(item.patient_id or "UNKNOWN") / study
+        if self is Layout.DATE:
+            return safe_name(item.study_date or "UNKNOWN") / study
+        return study
+
+    def study_folder(self, item: Instance) -> Path:
+        """The folder holding a study's series (the root itself when flat)."""
+        return Path() if self is Layout.FLAT else self.path(item).parent.parent
+
+
+class DuplicatePolicy(Enum):
+    """What a second copy of a stored SOP Instance UID gets."""
+
+    KEEP = "keep"  # keep the first, answer Success
+    OVERWRITE = "overwrite"  # replace it
+    REJECT = "reject"  # answer 0111 Duplicate SOP instance
+
+
+@dataclass(frozen=True, slots=True)
+class AllowRule:
+    """A calling AE title allowed in, optionally from one address only."""
+
+    ae_title: str
+    address: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AllowRule:
+        """'AET' or 'AET@address'."""
+        ae_title, _, address = text.partition("@")
+        return cls(ae_title.strip(), address.strip() or None)
+
+    def admits(self, ae_title: str, address: str) -> bool:
+        host = address.rsplit(":", 1)[0]
+        return ae_title.strip() == self.ae_title and self.address in (None, host)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    """What a reception hook is told: the instance, where it is, who sent it."""
+
+    instance: Instance
+    path: Path
+    peer: Peer
+
+
+StoredHook = Callable[[StoredInstance], Awaitable[None]]
+StudyHook = Callable[[str, Path, Peer], Awaitable[None]]
 
 
 def fsync_dir(path: Path) -> None:
@@ -44,20 +121,19 @@ def fsync_dir(path: Path) -> None:
 
 
 def failure_for(error: OSError) -> Outcome:
-    """PS3.4 B.2.3: A7xx out of resources for a full or unwritable disk."""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return Outcome(Status.OUT_OF_RESOURCES, "disk full")
+    """PS3.4 §B.2.3: A7xx out of resources for a full or unwritable disk."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return Outcome(Status.OUT_OF_RESOURCES, "out of disk space")
     return Outcome(Status.OUT_OF_RESOURCES, f"cannot write: {error.strerror}"[:64])
 
 
 class FileSink:
-    """Streams one data set into a temporary file; complete() makes it durable."""
+    """Streams one data set into a temporary file; complete() files it durably."""
 
-    def __init__(self, request: StoreRequest, root: Path, final_path: Path) -> None:
+    def __init__(self, archive: StorageProvider, request: StoreRequest) -> None:
+        self.archive = archive
         self.request = request
-        self.root = root
-        self.final_path = final_path
-        self.temp_path = root / TEMP_DIR / f"{uuid.uuid4().hex}.part"
+        self.temp_path = archive.root / TEMP_DIR / f"{uuid.uuid4().hex}.part"
         self.size = 0
         self._started = time.monotonic()
         message = request.message
@@ -76,28 +152,48 @@ class FileSink:
         self.size += len(data)
 
     async def complete(self) -> int | Outcome:
+        uid = self.request.message.affected_sop_instance_uid
         try:
-            await asyncio.to_thread(self._commit)
+            header = await asyncio.to_thread(self._sync_and_read_header)
+            if isinstance(header, Outcome):
+                outcome = header
+            else:
+                outcome = self._validate(header) or await self.archive.file(self, header)
         except OSError as error:
-            log.error("cannot store %s: %s", self.final_path.name, error)
+            log.error("%s: cannot store %s: %s", self.request.peer.address, uid, error)
+            outcome = failure_for(error)
+        if self.temp_path.exists():
             await self.discard()
-            return failure_for(error)
         log.info(
-            "stored %s from %s (%d bytes, %.1f ms)",
-            self.final_path.relative_to(self.root),
-            self.request.peer.calling_ae,
+            "%s %s: C-STORE %s: %s%s, %d bytes, %.1f ms",
+            self.request.peer.address,
+            self.request.peer.calling_ae.strip(),
+            uid,
+            describe(outcome.status),
+            f" ({outcome.comment})" if outcome.comment else "",
             self.size,
             (time.monotonic() - self._started) * 1000,
         )
-        return Status.SUCCESS
+        return outcome
 
-    def _commit(self) -> None:
+    def _sync_and_read_header(self) -> Dataset | Outcome:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        self.final_path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.temp_path, self.final_path)
-        fsync_dir(self.final_path.parent)
+        try:
+            return dcmread(self.temp_path, stop_before_pixels=True)
+        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as error:
+            # PS3.4 §B.2.3: Cxxx, the SCP cannot understand the data set.
+            return Outcome(Status.CANNOT_UNDERSTAND, f"cannot parse data set: {error}"[:64])
+
+    def _validate(self, header: Dataset) -> Outcome | None:
+        """PS3.4 §B.2.3 A900: the data set must be the instance the command names."""
+        message = self.request.message
+        if header.get("SOPClassUID") != message.affected_sop_class_uid:
+            return Outcome(Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID mismatch")
+        if header.get("SOPInstanceUID") != message.affected_sop_instance_uid:
+            return Outcome(Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID mismatch")
+        return None
 
     async def discard(self) -> None:
         self._file.close()
@@ -105,16 +201,191 @@ class FileSink:
 
 
 class StorageProvider(ServiceProvider):
-    """Accepts every C-STORE and writes `<root>/<SOPInstanceUID>.dcm`."""
+    """The archive's service provider: accept, validate, file, index, answer.
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    `on_stored` hooks run after each instance is filed and before it is answered;
+    `on_study` hooks run for each study an association brought, once it ends.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        layout: Layout = Layout.STUDY,
+        duplicates: DuplicatePolicy = DuplicatePolicy.KEEP,
+        allow: Iterable[AllowRule] | None = None,
+        on_stored: Iterable[StoredHook] = (),
+        on_study: Iterable[StudyHook] = (),
+        durable_index: bool = True,
+    ) -> None:
         self.root = Path(root)
+        self.layout = layout
+        self.duplicates = duplicates
+        self.allow = None if allow is None else tuple(allow)
+        self.on_stored = list(on_stored)
+        self.on_study = list(on_study)
         (self.root / TEMP_DIR).mkdir(parents=True, exist_ok=True)
+        self._clean_temp()
+        self.index = Index(self.root / INDEX_FILE, durable=durable_index)
+        # One thread files and indexes, so duplicate checks and renames never race.
+        self._filer = ThreadPoolExecutor(1, thread_name_prefix="dimse-archive")
+        self._studies: dict[str, dict[str, Path]] = {}
+
+    def _clean_temp(self) -> None:
+        for leftover in (self.root / TEMP_DIR).iterdir():
+            log.warning("removing unfinished %s from an earlier run", leftover.name)
+            leftover.unlink()
+
+    def close(self) -> None:
+        self._filer.shutdown(wait=True)
+        self.index.close()
+
+    async def on_association(self, request: AAssociateRQ, address: str) -> AAssociateRJ | None:
+        if self.allow is not None and not any(
+            rule.admits(request.calling_ae, address) for rule in self.allow
+        ):
+            log.warning("%s: calling AE %s is not allowed", address, request.calling_ae.strip())
+            return AAssociateRJ(
+                RejectResult.PERMANENT,
+                RejectSource.SERVICE_USER,
+                RejectReason.CALLING_AE_NOT_RECOGNIZED,
+            )
+        return None
 
     async def on_store(self, request: StoreRequest) -> FileSink | Outcome:
-        name = safe_name(request.message.affected_sop_instance_uid) + ".dcm"
         try:
-            return FileSink(request, self.root, self.root / name)
+            return FileSink(self, request)
         except OSError as error:
-            log.error("cannot store %s: %s", name, error)
+            log.error("cannot store: %s", error)
             return failure_for(error)
+
+    async def file(self, sink: FileSink, header: Dataset) -> Outcome:
+        """Put a verified temporary file in place and index it (on the filing thread)."""
+        peer = sink.request.peer
+        item = Instance.from_header(
+            header,
+            transfer_syntax=sink.request.transfer_syntax,
+            path="",
+            size=sink.temp_path.stat().st_size,
+            calling_ae=peer.calling_ae.strip(),
+        )
+        outcome, filed = await self._run(self._file_sync, sink.temp_path, item)
+        if filed is not None:
+            stored = StoredInstance(filed, self.root / filed.path, peer)
+            folder = self.root / self.layout.study_folder(filed)
+            self._studies.setdefault(peer.address, {})[filed.study_uid] = folder
+            for hook in self.on_stored:
+                await hook(stored)
+        return outcome
+
+    def _file_sync(self, temp: Path, item: Instance) -> tuple[Outcome, Instance | None]:
+        existing = self.index.get(item.sop_instance_uid)
+        if existing is not None and self.duplicates is DuplicatePolicy.KEEP:
+            log.info("%s: already stored, kept the first copy", item.sop_instance_uid)
+            return Outcome(Status.SUCCESS), None
+        if existing is not None and self.duplicates is DuplicatePolicy.REJECT:
+            return Outcome(Status.DUPLICATE_SOP_INSTANCE, "already stored"), None
+        relative = self.layout.path(item)
+        final = self.root / relative
+        self._make_dirs(final.parent)
+        os.replace(temp, final)
+        fsync_dir(final.parent)
+        if existing is not None and existing != str(relative):
+            (self.root / existing).unlink(missing_ok=True)
+        filed = replace(item, path=str(relative))
+        self.index.add(filed)
+        return Outcome(Status.SUCCESS), filed
+
+    def _make_dirs(self, folder: Path) -> None:
+        """Create `folder` and fsync each parent whose entries changed."""
+        missing = []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for created in reversed(missing):
+            created.mkdir(exist_ok=True)
+            fsync_dir(created.parent)
+
+    async def _run(self, function: Callable[..., _T], *args: object) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._filer, function, *args)
+
+    async def on_release(self, peer: Peer) -> None:
+        await self._end_association(peer)
+
+    async def on_abort(self, peer: Peer, reason: str) -> None:
+        await self._end_association(peer)
+
+    async def _end_association(self, peer: Peer) -> None:
+        for study_uid, folder in self._studies.pop(peer.address, {}).items():
+            for hook in self.on_study:
+                await hook(study_uid, folder, peer)
+
+
+# --- index maintenance ---------------------------------------------------------------
+
+
+def archived_files(root: Path) -> Iterable[Path]:
+    """Every stored file under `root`: not the index, not the temporary area."""
+    for path in sorted(root.rglob("*.dcm")):
+        if not any(part.startswith(".") for part in path.relative_to(root).parts):
+            yield path
+
+
+def read_instance(root: Path, path: Path) -> Instance:
+    """Index entry of a stored file, from its header (never its pixel data)."""
+    ds = dcmread(path, stop_before_pixels=True)
+    stat = path.stat()
+    return Instance.from_header(
+        ds,
+        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+        path=str(path.relative_to(root)),
+        size=stat.st_size,
+        calling_ae=str(ds.file_meta.get("SourceApplicationEntityTitle", "")).strip(),
+        received=stat.st_mtime,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IndexReport:
+    """How the index and the files disagree; empty lists mean they agree."""
+
+    indexed: int
+    missing_files: list[str]  # indexed, but no such file
+    wrong_size: list[str]  # indexed with another size than the file has
+    unindexed: list[str]  # files the index does not list
+
+    @property
+    def consistent(self) -> bool:
+        return not (self.missing_files or self.wrong_size or self.unindexed)
+
+
+def check_index(root: Path) -> IndexReport:
+    index = Index(root / INDEX_FILE)
+    try:
+        listed = {path: size for _, path, size in index.files()}
+    finally:
+        index.close()
+    on_disk = {str(p.relative_to(root)): p.stat().st_size for p in archived_files(root)}
+    return IndexReport(
+        indexed=len(listed),
+        missing_files=sorted(set(listed) - set(on_disk)),
+        wrong_size=sorted(p for p in set(listed) & set(on_disk) if listed[p] != on_disk[p]),
+        unindexed=sorted(set(on_disk) - set(listed)),
+    )
+
+
+def rebuild_index(root: Path) -> tuple[int, list[str]]:
+    """Recreate the index from the files; returns the count and the unreadable files."""
+    instances, unreadable = [], []
+    for path in archived_files(root):
+        try:
+            instances.append(read_instance(root, path))
+        except (OSError, InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as error:
+            unreadable.append(f"{path.relative_to(root)}: {error}")
+    index = Index(root / INDEX_FILE)
+    try:
+        index.clear()
+        index.add_many(instances)
+    finally:
+        index.close()
+    return len(instances), unreadable

@@ -1,0 +1,265 @@
+"""The archive's index: an embedded SQLite database of what was acknowledged.
+
+Patient / study / series / instance, with the attributes a PACS list view needs.
+The index is written after the file is durably in place and before Success is
+answered, so it lists exactly what the archive has acknowledged; `check` compares
+it with the files and `rebuild` recreates it from them.
+
+All access goes through one connection on one thread: SQLite serialises writers
+anyway, and the caller runs these methods off the event loop.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS patients (
+    patient_key TEXT PRIMARY KEY,      -- PatientID, or the name when it has none
+    patient_id TEXT, patient_name TEXT, birth_date TEXT, sex TEXT
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    patient_key TEXT NOT NULL REFERENCES patients(patient_key),
+    study_date TEXT, study_time TEXT, description TEXT, accession_number TEXT,
+    study_id TEXT, referring_physician TEXT
+);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+    modality TEXT, series_number INTEGER, description TEXT
+);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL REFERENCES series(series_uid),
+    sop_class_uid TEXT NOT NULL, instance_number INTEGER, transfer_syntax TEXT NOT NULL,
+    path TEXT NOT NULL, size INTEGER NOT NULL, received REAL NOT NULL, calling_ae TEXT
+);
+CREATE INDEX IF NOT EXISTS studies_by_patient ON studies(patient_key);
+CREATE INDEX IF NOT EXISTS series_by_study ON series(study_uid);
+CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One stored instance and the header attributes the index keeps of it."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    path: str  # relative to the archive root
+    size: int
+    calling_ae: str
+    received: float
+    patient_id: str = ""
+    patient_name: str = ""
+    birth_date: str = ""
+    sex: str = ""
+    study_uid: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    study_description: str = ""
+    accession_number: str = ""
+    study_id: str = ""
+    referring_physician: str = ""
+    series_uid: str = ""
+    modality: str = ""
+    series_number: int | None = None
+    series_description: str = ""
+    instance_number: int | None = None
+
+    @classmethod
+    def from_header(
+        cls,
+        ds: Dataset,
+        *,
+        transfer_syntax: str,
+        path: str,
+        size: int,
+        calling_ae: str,
+        received: float | None = None,
+    ) -> Instance:
+        """From a data set read up to (not including) its pixel data."""
+
+        def text(keyword: str) -> str:
+            value = ds.get(keyword)
+            return "" if value is None else str(value).strip()
+
+        def number(keyword: str) -> int | None:
+            value = ds.get(keyword)
+            try:
+                return int(value) if value not in (None, "") else None
+            except (TypeError, ValueError):
+                return None
+
+        return cls(
+            sop_instance_uid=text("SOPInstanceUID"),
+            sop_class_uid=text("SOPClassUID"),
+            transfer_syntax=transfer_syntax,
+            path=path,
+            size=size,
+            calling_ae=calling_ae,
+            received=time.time() if received is None else received,
+            patient_id=text("PatientID"),
+            patient_name=text("PatientName"),
+            birth_date=text("PatientBirthDate"),
+            sex=text("PatientSex"),
+            study_uid=text("StudyInstanceUID"),
+            study_date=text("StudyDate"),
+            study_time=text("StudyTime"),
+            study_description=text("StudyDescription"),
+            accession_number=text("AccessionNumber"),
+            study_id=text("StudyID"),
+            referring_physician=text("ReferringPhysicianName"),
+            series_uid=text("SeriesInstanceUID"),
+            modality=text("Modality"),
+            series_number=number("SeriesNumber"),
+            series_description=text("SeriesDescription"),
+            instance_number=number("InstanceNumber"),
+        )
+
+    @property
+    def patient_key(self) -> str:
+        return self.patient_id or self.patient_name
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRow:
+    study_uid: str
+    patient_id: str
+    patient_name: str
+    study_date: str
+    description: str
+    accession_number: str
+    modalities: str
+    series: int
+    instances: int
+    size: int
+
+
+class Index:
+    """The SQLite index of one archive."""
+
+    def __init__(self, path: str | Path, *, durable: bool = True) -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit survives power loss, as the Success it precedes promises.
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def get(self, sop_instance_uid: str) -> str | None:
+        """The stored path of an instance, if the archive has it."""
+        row = self._db.execute(
+            "SELECT path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def add(self, item: Instance) -> None:
+        """Insert or replace one instance and upsert its patient, study and series."""
+        with self._transaction():
+            self._write(item)
+
+    def add_many(self, items: list[Instance]) -> None:
+        with self._transaction():
+            for item in items:
+                self._write(item)
+
+    def _write(self, i: Instance) -> None:
+        db = self._db
+        db.execute(
+            "INSERT INTO patients VALUES (?, ?, ?, ?, ?) ON CONFLICT(patient_key) DO UPDATE SET "
+            "patient_name=excluded.patient_name, birth_date=excluded.birth_date, "
+            "sex=excluded.sex",
+            (i.patient_key, i.patient_id, i.patient_name, i.birth_date, i.sex),
+        )
+        db.execute(
+            "INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(study_uid) DO NOTHING",
+            (
+                i.study_uid,
+                i.patient_key,
+                i.study_date,
+                i.study_time,
+                i.study_description,
+                i.accession_number,
+                i.study_id,
+                i.referring_physician,
+            ),
+        )
+        db.execute(
+            "INSERT INTO series VALUES (?, ?, ?, ?, ?) ON CONFLICT(series_uid) DO NOTHING",
+            (i.series_uid, i.study_uid, i.modality, i.series_number, i.series_description),
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                i.sop_instance_uid,
+                i.series_uid,
+                i.sop_class_uid,
+                i.instance_number,
+                i.transfer_syntax,
+                i.path,
+                i.size,
+                i.received,
+                i.calling_ae,
+            ),
+        )
+
+    def clear(self) -> None:
+        with self._transaction():
+            for table in ("instances", "series", "studies", "patients"):
+                self._db.execute(f"DELETE FROM {table}")
+
+    def files(self) -> Iterator[tuple[str, str, int]]:
+        """(SOP Instance UID, relative path, size) of every indexed instance."""
+        for uid, path, size in self._db.execute(
+            "SELECT sop_instance_uid, path, size FROM instances ORDER BY path"
+        ):
+            yield str(uid), str(path), int(size)
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+
+    def studies(self) -> list[StudyRow]:
+        rows = self._db.execute(
+            """
+            SELECT st.study_uid, p.patient_id, p.patient_name, st.study_date,
+                   st.description, st.accession_number,
+                   GROUP_CONCAT(DISTINCT se.modality), COUNT(DISTINCT se.series_uid),
+                   COUNT(i.sop_instance_uid), COALESCE(SUM(i.size), 0)
+            FROM studies st
+            JOIN patients p ON p.patient_key = st.patient_key
+            JOIN series se ON se.study_uid = st.study_uid
+            JOIN instances i ON i.series_uid = se.series_uid
+            GROUP BY st.study_uid
+            ORDER BY st.study_date DESC, p.patient_name
+            """
+        ).fetchall()
+        return [
+            StudyRow(*[str(v or "") for v in row[:7]], *[int(v) for v in row[7:]])  # type: ignore[arg-type]
+            for row in rows
+        ]
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
