@@ -263,8 +263,14 @@ class Connection:
         self._outgoing += payload
 
     def _indicate_pdata(self, _: list[Buffer] | None) -> None:
-        assert isinstance(self._pdu, PDataTF)
+        assert isinstance(self._pdu, PDataTF) and self.association is not None
         for pdv in self._pdu.pdvs:
+            if pdv.context_id not in self.association.contexts:
+                # A PDV must use a presentation context accepted at negotiation
+                # (PS3.8 §9.3.5.1, §7.1.1.14); anything else is aborted, not indicated.
+                raise ProtocolError(
+                    f"PDV on presentation context {pdv.context_id}, which was not accepted"
+                )
             event = self._assembler.feed(pdv)
             if event is not None:
                 self._emit(event)

@@ -428,6 +428,11 @@ def _text(raw: bytes | memoryview) -> str:
         raise ProtocolError("non-ASCII characters in a UID or name") from None
 
 
+def _untested_text(raw: bytes | memoryview) -> str:
+    """A field the standard says not to test on receipt: read whatever bytes it holds."""
+    return bytes(raw).decode("latin-1").rstrip("\x00 ")
+
+
 def _items(data: memoryview, where: str) -> Iterator[tuple[int, memoryview, int]]:
     """Yield (type, value, reserved byte) of consecutive items, checking every length."""
     offset = 0
@@ -510,7 +515,10 @@ def _decode_associate(kind: PDUType, body: memoryview) -> AAssociateRQ | AAssoci
     if len(body) < 68:
         raise ProtocolError("A-ASSOCIATE PDU shorter than its fixed fields")
     (version,) = _U16.unpack_from(body, 0)
-    called, calling = _text(body[4:20]), _text(body[20:36])
+    if kind is PDUType.ASSOCIATE_RQ:
+        called, calling = _text(body[4:20]), _text(body[20:36])
+    else:  # reserved fields echoing the -RQ, "not tested when received" (PS3.8 Table 9-17)
+        called, calling = _untested_text(body[4:20]), _untested_text(body[20:36])
     app_context: str | None = None
     rq_contexts: list[PresentationContextRQ] = []
     ac_contexts: list[PresentationContextAC] = []
@@ -577,7 +585,9 @@ def _decode_context_ac(value: memoryview) -> PresentationContextAC:
     syntax = ""
     for sub_type, sub_value, _ in _items(value[4:], "presentation context"):
         if sub_type == 0x40:
-            syntax = _text(sub_value)
+            # Not significant, and not tested, unless the context is accepted (Table 9-18).
+            accepted = result is ContextResult.ACCEPTANCE
+            syntax = _text(sub_value) if accepted else _untested_text(sub_value)
     if result is ContextResult.ACCEPTANCE and not syntax:
         raise ProtocolError("accepted presentation context without transfer syntax")
     return PresentationContextAC(value[0], result, syntax)
@@ -593,8 +603,8 @@ def _decode_pdata(body: memoryview) -> PDataTF:
         end = offset + 4 + length
         if length < 2 or end > size:
             raise ProtocolError("PDV item length overruns its P-DATA-TF PDU")
-        if control & 0xFC:
-            raise ProtocolError("reserved bits set in a PDV message control header")
+        # Bits 2-7 of the message control header are sent as 0 and never checked by the
+        # receiver (PS3.8 Annex E.2): only bits 0 (command) and 1 (last) are read.
         pdvs.append(PDV(context_id, bool(control & 1), bool(control & 2), body[offset + 6 : end]))
         offset = end
     if not pdvs:
