@@ -8,29 +8,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import logging
 import signal
 import sqlite3
+import ssl
 import sys
 import time
 import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import UID
 
-from dimse.client import (
-    AssociationError,
-    NoAcceptedContextError,
-    connect,
-    contexts_for,
-    default_contexts,
-)
-from dimse.files import DicomFile, NotDicomError, open_dicom_file
+from dimse.client import AssociationError, connect, default_contexts
 from dimse.hooks import CommandRunner, on_reception, on_study
 from dimse.index import Index
-from dimse.negotiation import DEFAULT_MAX_PDU, MAX_CONTEXTS
+from dimse.negotiation import DEFAULT_MAX_PDU
+from dimse.sender import Client, Kind, Proposal, StoreResult, Summary
 from dimse.server import Server, ServerOptions, default_syntaxes
 from dimse.sop_classes import ALL_TRANSFER_SYNTAXES, VERIFICATION
 from dimse.status import Category, category, describe
@@ -83,6 +81,12 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _count(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"not a count: {value!r}")
+    return int(value)
+
+
 def _seconds(value: str) -> float:
     try:
         seconds = float(value)
@@ -130,6 +134,29 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-td", "--dimse-timeout", type=_seconds, default=60.0, help="response timeout, s (60)"
     )
+    tls = parser.add_argument_group("TLS (PS3.15 Annex B.1)")
+    tls.add_argument("--tls", action="store_true", help="connect with TLS")
+    tls.add_argument("--tls-ca", type=Path, help="CA certificates to verify the peer with")
+    tls.add_argument("--tls-cert", type=Path, help="our certificate (PEM), for client auth")
+    tls.add_argument("--tls-key", type=Path, help="our private key (PEM)")
+    tls.add_argument(
+        "--tls-no-verify", action="store_true", help="do not verify the peer's certificate"
+    )
+
+
+def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=args.tls_ca)
+        if args.tls_no_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if args.tls_cert:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as error:
+        raise UsageError(f"dimse {args.command}: TLS set-up failed: {error}") from None
+    return context
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         "store", help="C-STORE files and folders to an SCP", prefix_chars="-+"
     )
     _client_options(store)
-    store.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    store.add_argument("paths", nargs="+", metavar="PATH", help="files, folders, globs")
     store.add_argument(
         "-r", "+r", "--recurse", action="store_true", help="descend into sub-folders"
     )
@@ -153,7 +180,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--async-ops",
         type=_positive,
         default=8,
-        help="C-STOREs in flight on the association (8; 1 = synchronous)",
+        help="C-STOREs in flight on each association (8; 1 = synchronous)",
+    )
+    store.add_argument(
+        "--associations", type=_positive, default=1, help="parallel associations (1)"
+    )
+    store.add_argument(
+        "--propose",
+        choices=[p.value for p in Proposal],
+        default=Proposal.FILE.value,
+        help="transfer syntaxes to propose: file = each file's own plus explicit and "
+        "implicit little endian (default), little = explicit and implicit little endian "
+        "only, implicit = implicit little endian only; others are converted",
+    )
+    store.add_argument(
+        "--retries",
+        type=_count,
+        default=0,
+        help="reopen a failed association this many times for unacknowledged files (0)",
+    )
+    store.add_argument(
+        "--retry-delay", type=_seconds, default=1.0, help="first retry delay, doubling, s (1)"
+    )
+    store.add_argument("--report", type=Path, help="write one JSON line per file to this file")
+    store.add_argument(
+        "--progress",
+        choices=["auto", "bar", "lines"],
+        default="auto",
+        help="a progress bar on a terminal, one line per file otherwise (auto)",
     )
     _common(store)
 
@@ -266,6 +320,7 @@ async def _echo(args: argparse.Namespace) -> int:
         called_ae=args.called_ae,
         contexts=default_contexts(),
         max_pdu=args.max_pdu,
+        ssl_context=_client_tls(args),
         timeouts=_timeouts(args),
     ) as assoc:
         for _ in range(args.repeat):
@@ -280,69 +335,105 @@ async def _echo(args: argparse.Namespace) -> int:
 # --- store -----------------------------------------------------------------------
 
 
-def _walk(paths: Sequence[str], recurse: bool) -> Iterator[Path]:
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            pattern = path.rglob("*") if recurse else path.glob("*")
-            yield from sorted(p for p in pattern if p.is_file())
-        elif path.is_file():
-            yield path
-        else:
-            raise UsageError(f"dimse store: no such file or folder: {name}")
-
-
 async def _store(args: argparse.Namespace) -> int:
-    files: list[DicomFile] = []
-    for path in _walk(args.paths, args.recurse):
+    report = None
+    if args.report:
         try:
-            files.append(open_dicom_file(path))
-        except NotDicomError as error:
-            print(f"skipped: {error}", file=sys.stderr)
+            report = args.report.open("w")
         except OSError as error:
-            print(f"skipped: {path}: {error.strerror}", file=sys.stderr)
-    if not files:
-        raise UsageError("dimse store: no DICOM files to send")
-    contexts = contexts_for(files)
-    if len(contexts) > MAX_CONTEXTS:
-        raise UsageError(
-            f"dimse store: {len(contexts)} SOP class/transfer syntax pairs exceed the "
-            f"{MAX_CONTEXTS} presentation contexts of one association"
-        )
-    failed = 0
-    started = time.perf_counter()
-    async with connect(
-        args.host,
-        args.port,
-        calling_ae=args.calling_ae,
-        called_ae=args.called_ae,
-        contexts=contexts,
-        max_pdu=args.max_pdu,
-        async_ops=args.async_ops,
-        timeouts=_timeouts(args),
-    ) as assoc:
+            raise UsageError(f"dimse store: cannot write {args.report}: {error.strerror}") from None
+    try:
+        with _progress_display(args) as show:
 
-        async def send(file: DicomFile) -> None:
-            nonlocal failed
+            def on_result(result: StoreResult) -> None:
+                show(result)
+                if report is not None:
+                    report.write(json.dumps(result.as_json()) + "\n")
+
+            client = Client(
+                args.host,
+                args.port,
+                calling_ae=args.calling_ae,
+                called_ae=args.called_ae,
+                max_pdu=args.max_pdu,
+                async_ops=args.async_ops,
+                associations=args.associations,
+                proposal=Proposal(args.propose),
+                retries=args.retries,
+                retry_delay=args.retry_delay,
+                ssl_context=_client_tls(args),
+                timeouts=_timeouts(args),
+                on_result=on_result,
+            )
             try:
-                response = await assoc.store(file)
-            except NoAcceptedContextError as error:
-                failed += 1
-                print(f"{file.path}: not sent: {error}")
-                return
-            kind = category(response.status)
-            failed += kind is Category.FAILURE
-            comment = f" ({response.error_comment})" if response.error_comment else ""
-            print(f"{file.path}: {describe(response.status)}{comment}")
+                for path in args.paths:
+                    client.add_request(path, recurse=args.recurse)
+            except FileNotFoundError as error:
+                raise UsageError(f"dimse store: {error}") from None
+            if not client.requests:
+                raise UsageError("dimse store: no DICOM files to send")
+            show.total(sum(r.size for r in client.requests), len(client.requests))
+            started = time.perf_counter()
+            results = await client.send()
+            summary = Summary(results, time.perf_counter() - started)
+    finally:
+        if report is not None:
+            report.close()
+    print(summary)
+    if any(r.association_failed for r in results):
+        return EXIT_NO_ASSOCIATION
+    if summary.count(Kind.FAILURE) or summary.count(Kind.NOT_SENT):
+        return EXIT_FAILED
+    return EXIT_OK
 
-        await asyncio.gather(*(send(f) for f in files))
-    elapsed = time.perf_counter() - started
-    total = sum(f.size for f in files)
-    print(
-        f"sent {len(files)} file(s), {failed} failed, {total / 1e6:.1f} MB in {elapsed:.2f} s "
-        f"({len(files) / elapsed:.0f} images/s, {total / 1e6 / elapsed:.1f} MB/s)"
-    )
-    return EXIT_FAILED if failed else EXIT_OK
+
+class _Lines:
+    """One line per file: for logs, pipes and scripts."""
+
+    def __call__(self, result: StoreResult) -> None:
+        comment = f" ({result.error_comment})" if result.error_comment else ""
+        print(f"{result.source}: {result.description}{comment}", flush=True)
+
+    def total(self, size: int, count: int) -> None:
+        return None
+
+
+class _Bar(_Lines):
+    """A rich progress bar (files, bytes, rate, ETA); problems still get a line."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.task = progress.add_task("sending", total=None)
+
+    def __call__(self, result: StoreResult) -> None:
+        if result.kind not in (Kind.SUCCESS,):
+            self.progress.console.print(f"{result.source}: {result.description}")
+        self.progress.update(self.task, advance=max(result.size, 1))
+
+    def total(self, size: int, count: int) -> None:
+        self.progress.update(self.task, total=max(size, count), description=f"{count} files")
+
+
+@contextlib.contextmanager
+def _progress_display(args: argparse.Namespace) -> Iterator[_Lines]:
+    wanted = args.progress == "bar" or (args.progress == "auto" and sys.stdout.isatty())
+    if not wanted or args.quiet:
+        yield _Lines()
+        return
+    try:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+    except ImportError:
+        yield _Lines()  # rich is the optional `progress` extra
+        return
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress("{task.description}", *columns, transient=True) as progress:
+        yield _Bar(progress)
 
 
 # --- serve -----------------------------------------------------------------------

@@ -18,13 +18,13 @@ import itertools
 import logging
 import ssl
 import zlib
-from collections.abc import Callable, Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
@@ -41,7 +41,15 @@ from dimse.negotiation import (
     ProposedContext,
     build_request,
 )
-from dimse.pdu import AAssociateRJ, AAssociateRQ, AbortSource, RoleSelection, UserIdentityRQ
+from dimse.pdu import (
+    AAssociateRJ,
+    AAssociateRQ,
+    AbortSource,
+    RejectResult,
+    RejectSource,
+    RoleSelection,
+    UserIdentityRQ,
+)
 from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES
 from dimse.transport import DEFAULT_TIMEOUTS, Link, Timeouts
 
@@ -56,12 +64,31 @@ class AssociationError(Exception):
     """The association could not be used: rejected, aborted or closed."""
 
 
+#: A-ASSOCIATE-RJ reasons by source (PS3.8 Table 9-21).
+_REJECT_REASONS = {
+    RejectSource.SERVICE_USER: {
+        1: "no reason given",
+        2: "application context name not supported",
+        3: "calling AE title not recognized",
+        7: "called AE title not recognized",
+    },
+    RejectSource.SERVICE_PROVIDER_ACSE: {
+        1: "no reason given",
+        2: "protocol version not supported",
+    },
+    RejectSource.SERVICE_PROVIDER_PRESENTATION: {
+        1: "temporary congestion",
+        2: "local limit exceeded",
+    },
+}
+
+
 class AssociationRejectedError(AssociationError):
     def __init__(self, reject: AAssociateRJ) -> None:
-        super().__init__(
-            f"association rejected: result {reject.result.name}, source {reject.source.name}, "
-            f"reason {reject.reason}"
-        )
+        reason = _REJECT_REASONS[reject.source].get(reject.reason, f"reason {reject.reason}")
+        result = "permanent" if reject.result is RejectResult.PERMANENT else "transient"
+        source = reject.source.name.lower().replace("_", " ")
+        super().__init__(f"association rejected ({result}, by the {source}): {reason}")
         self.reject = reject
 
 
@@ -128,7 +155,7 @@ class ClientAssociation:
         A file is sent from its own bytes when the peer accepted its transfer
         syntax; otherwise it is decoded and re-encoded (uncompressed syntaxes only).
         """
-        sop_class, sop_instance, context, payload = self._prepare(source)
+        sop_class, sop_instance, context, payload = await self._prepare(source)
 
         def request(message_id: int) -> CStoreRQ:
             return CStoreRQ(message_id, sop_class, sop_instance, priority)
@@ -172,7 +199,9 @@ class ClientAssociation:
 
     # --- internals ------------------------------------------------------------------
 
-    def _prepare(self, source: StoreSource) -> tuple[str, str, AcceptedContext, DicomFile | bytes]:
+    async def _prepare(
+        self, source: StoreSource
+    ) -> tuple[str, str, AcceptedContext, DicomFile | bytes]:
         """SOP class/instance, the context to send on, and the data set to send."""
         if isinstance(source, str | Path):
             source = open_dicom_file(source)
@@ -196,11 +225,6 @@ class ClientAssociation:
             if isinstance(source, RawDataSet):
                 return sop_class, sop_instance, exact, source.data
             return sop_class, sop_instance, exact, source
-        if syntax and syntax not in _NATIVE:
-            raise NoAcceptedContextError(
-                f"the peer accepted no context for {sop_class} in {syntax}, and converting "
-                "compressed data is not supported"
-            )
         context = next(
             (
                 c
@@ -210,9 +234,10 @@ class ClientAssociation:
             None,
         )
         if context is None:
-            raise NoAcceptedContextError(f"the peer accepted no context for SOP class {sop_class}")
-        dataset = _as_dataset(source)
-        return sop_class, sop_instance, context, encode_dataset(dataset, context.transfer_syntax)
+            wanted = f" in {UID(syntax).name}" if syntax else ""
+            raise NoAcceptedContextError(f"the peer accepted no context for {sop_class}{wanted}")
+        payload = await asyncio.to_thread(_convert, source, syntax, context.transfer_syntax)
+        return sop_class, sop_instance, context, payload
 
     async def _request(
         self,
@@ -329,8 +354,28 @@ class ClientAssociation:
             await self._reader
 
 
+def _convert(source: DicomFile | Dataset | RawDataSet, syntax: str, target: str) -> bytes:
+    """Re-encode a data set in an uncompressed transfer syntax, decompressing if needed.
+
+    Decompression needs pydicom's pixel data plugins (numpy and a decoder such as
+    Pillow or pylibjpeg); without one the file is reported as not sent.
+    """
+    dataset = _as_dataset(source)
+    if syntax and syntax not in _NATIVE:
+        dataset.file_meta = getattr(dataset, "file_meta", None) or FileMetaDataset()
+        dataset.file_meta.TransferSyntaxUID = UID(syntax)
+        try:
+            dataset.decompress()
+        except (ImportError, RuntimeError, NotImplementedError, ValueError) as error:
+            raise NoAcceptedContextError(
+                f"the peer does not accept {UID(syntax).name} and the data set cannot be "
+                f"decompressed here: {error}".splitlines()[0]
+            ) from None
+    return encode_dataset(dataset, target)
+
+
 def _as_dataset(source: DicomFile | Dataset | RawDataSet) -> Dataset:
-    """Decode a source for re-encoding; only uncompressed encodings get here."""
+    """Decode a source for re-encoding."""
     if isinstance(source, Dataset):
         return source
     if isinstance(source, DicomFile):
@@ -384,14 +429,26 @@ def default_contexts(*sop_classes: str) -> list[ProposedContext]:
     return [ProposedContext(uid, tuple(NATIVE_TRANSFER_SYNTAXES)) for uid in classes]
 
 
-def contexts_for(files: Sequence[DicomFile]) -> list[ProposedContext]:
+class Encoded(Protocol):
+    """Anything that knows its SOP class and transfer syntax (a DicomFile...)."""
+
+    @property
+    def sop_class_uid(self) -> str: ...
+
+    @property
+    def transfer_syntax(self) -> str: ...
+
+
+def contexts_for(
+    files: Iterable[Encoded], fallback: Sequence[str] = NATIVE_TRANSFER_SYNTAXES[:2]
+) -> list[ProposedContext]:
     """Contexts to send `files` as they are, with a fallback to convert to.
 
     Each (SOP class, transfer syntax) of the files gets a context of its own, so
     an SCP that prefers another syntax cannot force a conversion; a class also
-    gets one context with the little-endian uncompressed syntaxes it lacks, so a
-    file whose own syntax is refused can still be sent converted (PS3.5 §10.1:
-    Implicit VR Little Endian is supported by every SCP).
+    gets one context with the `fallback` syntaxes it lacks (by default the
+    little-endian uncompressed ones: PS3.5 §10.1 makes Implicit VR Little Endian
+    universal), so a file whose own syntax is refused can still be sent converted.
     """
     by_class: dict[str, dict[str, None]] = {}
     for file in files:
@@ -399,9 +456,9 @@ def contexts_for(files: Sequence[DicomFile]) -> list[ProposedContext]:
     contexts = []
     for sop_class, syntaxes in by_class.items():
         contexts += [ProposedContext(sop_class, (syntax,)) for syntax in syntaxes]
-        fallback = tuple(ts for ts in NATIVE_TRANSFER_SYNTAXES[:2] if ts not in syntaxes)
-        if fallback:
-            contexts.append(ProposedContext(sop_class, fallback))
+        missing = tuple(ts for ts in fallback if ts not in syntaxes)
+        if missing:
+            contexts.append(ProposedContext(sop_class, missing))
     return contexts
 
 

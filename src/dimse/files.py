@@ -25,7 +25,7 @@ PREAMBLE = bytes(128) + b"DICM"
 
 
 class NotDicomError(ValueError):
-    """The file is not a PS3.10 file we can send as it is."""
+    """The file is not a PS3.10 file we can send as it is (the message omits the path)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ def open_dicom_file(path: str | os.PathLike[str]) -> DicomFile:
             offset = fp.tell()
             size = os.fstat(fp.fileno()).st_size
     except (InvalidDicomError, EOFError, ValueError, KeyError) as error:
-        raise NotDicomError(f"{path}: not a DICOM file ({error})") from None
+        raise NotDicomError(f"not a DICOM file ({error})") from None
     missing = [
         keyword
         for keyword in (
@@ -65,7 +65,7 @@ def open_dicom_file(path: str | os.PathLike[str]) -> DicomFile:
         if not meta.get(keyword)
     ]
     if missing:
-        raise NotDicomError(f"{path}: file meta lacks {', '.join(missing)}")
+        raise NotDicomError(f"file meta lacks {', '.join(missing)}")
     return DicomFile(
         path,
         str(meta.MediaStorageSOPClassUID),
