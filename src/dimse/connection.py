@@ -70,6 +70,7 @@ class Connection:
         self._outgoing: list[Buffer] = []
         self._events: list[ev.Event] = []
         self._reader = PDUReader(DEFAULT_MAX_PDU)
+        self._unreadable = False
         self._assembler = MessageAssembler()
         self._release_deferred = False
         self._pdu: PDU | None = None
@@ -99,8 +100,10 @@ class Connection:
         """Bytes from the peer; b"" means the peer closed the connection (Evt17)."""
         if not data:
             return self._run(Event.EVT17) if self.state is not State.STA1 else []
-        if self.state in (State.STA1, State.STA4):
-            return []  # nothing is listening any more (PS3.8 §9.2: transport gone)
+        if self.state in (State.STA1, State.STA4) or self._unreadable:
+            # Transport gone (PS3.8 §9.2), or the stream lost its framing after an
+            # invalid PDU: nothing after it can be read as PDUs, so nothing is.
+            return []
         self._reader.feed(data)
         events: list[ev.Event] = []
         while self.state not in _CLOSED:  # _run() may close it
@@ -110,7 +113,7 @@ class Connection:
                     break
                 events += self._run(_EVENT_OF_PDU[type(pdu)], pdu)
             except ProtocolError as error:
-                self._reader = PDUReader(0)  # what follows an invalid PDU is not read
+                self._unreadable = True
                 events += self._run(Event.EVT19, error=error)
                 break
         return events
