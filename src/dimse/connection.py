@@ -190,7 +190,7 @@ class Connection:
         except ProtocolError as failure:
             # The PDU was well formed but its content is not (a DIMSE command set,
             # an A-ASSOCIATE-AC that answers what was not asked): Evt19 from here.
-            self._reader = PDUReader(0)
+            self._unreadable = True
             return self._drain() + self._run(Event.EVT19, error=failure)
         before = self.state
         self.state = next_state(action, requestor=self.requestor, acceptable=acceptable)
