@@ -1,0 +1,297 @@
+"""The sender (dimse.sender.Client and `dimse store`) against real peers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import get_decoder
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+import dimse
+from conftest import (
+    SAMPLE_FILES,
+    TEST_FILES,
+    Processes,
+    dataset_bytes,
+    dimse_command,
+    free_port,
+    require,
+    run,
+    stored_files,
+)
+from dimse.files import open_dicom_file
+from dimse.sender import Client, Kind, StoreResult, plan_contexts
+from dimse.sop_classes import STORAGE_SOP_CLASSES
+from dimse.storage import StorageProvider
+from test_interop_pynetdicom import PynetdicomSCP
+
+JPEG_LS = "1.2.840.10008.1.2.4.81"
+
+
+def same_data_set(received: Path, source: Path) -> bool:
+    sent = dataset_bytes(source)
+    return dataset_bytes(received) == sent + bytes(len(sent) % 2)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """The samples in a folder with a sub-folder, plus a file that is not DICOM."""
+    root = tmp_path / "exam"
+    (root / "more").mkdir(parents=True)
+    for n, path in enumerate(SAMPLE_FILES):
+        shutil.copy(path, (root / "more" if n % 2 else root) / path.name)
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def _send(port: int, called_ae: str, folder: Path, **options: object) -> list[StoreResult]:
+    client = Client("127.0.0.1", port, called_ae=called_ae, **options)  # type: ignore[arg-type]
+    client.add_request(folder)
+    return client.send_sync()
+
+
+def _check_all_arrived(results: list[StoreResult], received: dict[str, Path]) -> None:
+    by_kind = {kind: [r for r in results if r.kind is kind] for kind in Kind}
+    assert [Path(r.source).name for r in by_kind[Kind.NOT_SENT]] == ["notes.txt"]
+    assert len(by_kind[Kind.SUCCESS]) == len(SAMPLE_FILES)
+    for source in SAMPLE_FILES:
+        stored = received[open_dicom_file(source).sop_instance_uid]
+        assert same_data_set(stored, source), source.name
+
+
+def test_folder_to_storescp(folder: Path, processes: Processes, tmp_path: Path) -> None:
+    port, out = free_port(), tmp_path / "storescp"
+    out.mkdir()
+    processes.server([require("storescp"), "+B", "+xa", "-od", out, "-aet", "SCP", port], port)
+    results = _send(port, "SCP", folder)
+    received = stored_files(out)
+    _check_all_arrived(results, received)
+    assert len(received) == len(SAMPLE_FILES)
+
+
+def test_folder_to_pynetdicom(folder: Path) -> None:
+    port = free_port()
+    scp = PynetdicomSCP(port)
+    try:
+        results = _send(port, "PYNETDICOM", folder, async_ops=4)
+    finally:
+        scp.server.shutdown()
+    assert sum(r.kind is Kind.SUCCESS for r in results) == len(SAMPLE_FILES)
+    for source in SAMPLE_FILES:
+        syntax, data = scp.received[open_dicom_file(source).sop_instance_uid]
+        sent = dataset_bytes(source)
+        assert syntax == open_dicom_file(source).transfer_syntax
+        assert data == sent + bytes(len(sent) % 2), source.name
+
+
+def test_folder_to_our_archive(folder: Path, processes: Processes, tmp_path: Path) -> None:
+    port, out = free_port(), tmp_path / "archive"
+    processes.server(dimse_command("serve", port, "-od", out, "--bind", "127.0.0.1"), port)
+    results = _send(port, "DIMSE", folder, async_ops=8, associations=2)
+    received = stored_files(out)
+    _check_all_arrived(results, received)
+    assert len(received) == len(SAMPLE_FILES)
+
+
+def test_implicit_only_peer_gets_converted_files(processes: Processes, tmp_path: Path) -> None:
+    """Explicit and big endian files are converted; JPEG-LS only where a decoder exists."""
+    port, out = free_port(), tmp_path / "storescp"
+    out.mkdir()
+    processes.server([require("storescp"), "+xi", "-od", out, port], port)
+    names = ["CT_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "JPEGLSNearLossless_16.dcm"]
+    client = Client("127.0.0.1", port)
+    for name in names:
+        client.add_request(TEST_FILES / name)
+    results = {Path(r.source).name: r for r in client.send_sync()}
+    received = stored_files(out)
+    for name in names[:3]:
+        assert results[name].kind is Kind.SUCCESS, results[name]
+        original = pydicom.dcmread(TEST_FILES / name)
+        stored = pydicom.dcmread(received[original.SOPInstanceUID])
+        assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+        assert stored.pixel_array.tolist() == original.pixel_array.tolist()
+    jpeg_ls = results["JPEGLSNearLossless_16.dcm"]
+    if get_decoder(JPEG_LS).is_available:
+        assert jpeg_ls.kind is Kind.SUCCESS
+    else:
+        assert jpeg_ls.kind is Kind.NOT_SENT
+        assert "cannot be decompressed" in jpeg_ls.description
+        assert open_dicom_file(TEST_FILES / names[3]).sop_instance_uid not in received
+
+
+def _generated(folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    study = generate_uid()
+    paths = []
+    for n in range(count):
+        ds = _instance("1.2.840.10008.5.1.4.1.1.7", study)
+        ds.InstanceNumber = n + 1
+        ds.PixelData = bytes([n % 251]) * (64 * 64)
+        ds.Rows = ds.Columns = 64
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.SamplesPerPixel = 8, 8, 7, 1
+        ds.PixelRepresentation, ds.PhotometricInterpretation = 0, "MONOCHROME2"
+        path = folder / f"{n:03}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _instance(sop_class: str, study: str) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+    ds.PatientID, ds.PatientName, ds.Modality = "P1", "Test^Sender", "OT"
+    return ds
+
+
+async def _archive_run(root: Path, client_options: dict[str, object], files: list[Path]) -> None:
+    provider = StorageProvider(root)
+    try:
+        async with dimse.Server(provider, "127.0.0.1", 0) as server:
+            client = Client("127.0.0.1", server.port, called_ae="DIMSE", **client_options)  # type: ignore[arg-type]
+            for path in files:
+                client.add_request(path)
+            results = await client.send()
+        assert [r.kind for r in results] == [Kind.SUCCESS] * len(files)
+    finally:
+        provider.close()
+
+
+def test_async_and_parallel_store_the_same_as_one_at_a_time(tmp_path: Path) -> None:
+    files = _generated(tmp_path / "src", 60)
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    asyncio.run(_archive_run(serial, {"async_ops": 1, "associations": 1}, files))
+    asyncio.run(_archive_run(parallel, {"async_ops": 8, "associations": 3}, files))
+
+    def contents(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): dataset_bytes(p) for p in stored_files(root).values()}
+
+    assert contents(serial) == contents(parallel)
+    assert len(contents(serial)) == 60
+
+
+def test_more_than_128_contexts_use_several_associations(tmp_path: Path) -> None:
+    classes = STORAGE_SOP_CLASSES[:150]
+    study = generate_uid()
+    datasets = [_instance(sop_class, study) for sop_class in classes]
+
+    async def scenario() -> list[StoreResult]:
+        provider = StorageProvider(tmp_path / "archive")
+        try:
+            async with dimse.Server(provider, "127.0.0.1", 0) as server:
+                client = Client("127.0.0.1", server.port, called_ae="DIMSE")
+                for ds in datasets:
+                    client.add_request(ds)
+                groups = plan_contexts(client.requests)
+                assert len(groups) >= 2 and all(len(c) <= 128 for c, _ in groups)
+                return await client.send()
+        finally:
+            provider.close()
+
+    results = asyncio.run(scenario())
+    assert [r.kind for r in results] == [Kind.SUCCESS] * len(classes)
+    assert len(stored_files(tmp_path / "archive")) == len(classes)
+
+
+class DroppingProxy:
+    """Forwards to a server; cuts its first connection after `cut` bytes from the client."""
+
+    def __init__(self, target: int, cut: int) -> None:
+        self.target, self.cut, self.connections = target, cut, 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        limit = self.cut if self.connections == 1 else None
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, budget: int | None
+        ) -> None:
+            sent = 0
+            while data := await src.read(65536):
+                if budget is not None and sent + len(data) > budget:
+                    break  # drop the connection mid-send
+                dst.write(data)
+                await dst.drain()
+                sent += len(data)
+            for w in (writer, up_writer):
+                w.close()
+
+        await asyncio.gather(
+            pipe(reader, up_writer, limit), pipe(up_reader, writer, None), return_exceptions=True
+        )
+
+
+def test_retries_after_a_dropped_connection(tmp_path: Path) -> None:
+    files = _generated(tmp_path / "src", 40)  # ~4.4 KB each; the cut falls mid-way
+    report: list[StoreResult] = []
+
+    async def scenario() -> list[StoreResult]:
+        provider = StorageProvider(tmp_path / "archive")
+        try:
+            async with dimse.Server(provider, "127.0.0.1", 0) as server:
+                proxy = DroppingProxy(server.port, cut=80_000)
+                relay = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+                port = relay.sockets[0].getsockname()[1]
+                client = Client(
+                    "127.0.0.1",
+                    port,
+                    called_ae="DIMSE",
+                    async_ops=4,
+                    retries=2,
+                    retry_delay=0.05,
+                    on_result=report.append,
+                )
+                for path in files:
+                    client.add_request(path)
+                results = await client.send()
+                relay.close()
+                assert proxy.connections == 2  # the first was cut, the retry went through
+                assert provider.index.count() == len(files)
+                return results
+        finally:
+            provider.close()
+
+    results = asyncio.run(scenario())
+    assert [r.kind for r in results] == [Kind.SUCCESS] * len(files)
+    assert sorted(r.source for r in report) == sorted(str(p) for p in files)  # once each
+    assert len(stored_files(tmp_path / "archive")) == len(files)
+
+
+def test_cli_report_and_exit_codes(folder: Path, processes: Processes, tmp_path: Path) -> None:
+    port, out = free_port(), tmp_path / "archive"
+    processes.server(dimse_command("serve", port, "-od", out, "--bind", "127.0.0.1"), port)
+    report = tmp_path / "report.jsonl"
+    sent = run(
+        dimse_command("store", "-aec", "DIMSE", "127.0.0.1", port, "-r", folder, "--report", report)
+    )
+    assert sent.returncode == 1, sent.stdout + sent.stderr  # notes.txt is not DICOM
+    lines = [json.loads(line) for line in report.read_text().splitlines()]
+    assert len(lines) == len(SAMPLE_FILES) + 1
+    assert {line["result"] for line in lines} == {"success", "not sent"}
+    assert "stored" in sent.stdout.splitlines()[-1]
+
+    only_dicom = run(dimse_command("store", "-aec", "DIMSE", "127.0.0.1", port, SAMPLE_FILES[0]))
+    assert only_dicom.returncode == 0 and "0000 Success" in only_dicom.stdout
+
+    rejected = run(dimse_command("store", "-aec", "WRONG", "127.0.0.1", port, SAMPLE_FILES[0]))
+    assert rejected.returncode == 3
+    assert "called AE title not recognized" in rejected.stdout
+
+    usage = run(dimse_command("store", "127.0.0.1", "99999", SAMPLE_FILES[0]))
+    assert usage.returncode == 2
+    assert len(usage.stderr.strip().splitlines()) == 1 and "Traceback" not in usage.stderr
+
+    echo = run(dimse_command("echo", "-aec", "DIMSE", "127.0.0.1", port, "-r", "2"))
+    assert echo.returncode == 0
+    assert echo.stdout.count("0000 Success") == 2 and " ms)" in echo.stdout
