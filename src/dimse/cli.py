@@ -24,6 +24,7 @@ from typing import Any
 from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import UID
 
+from dimse import tls
 from dimse.client import AssociationError, connect, default_contexts
 from dimse.hooks import CommandRunner, on_reception, on_study
 from dimse.index import Index
@@ -148,15 +149,11 @@ def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     if not (args.tls or args.tls_ca or args.tls_cert):
         return None
     try:
-        context = ssl.create_default_context(cafile=args.tls_ca)
-        if args.tls_no_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if args.tls_cert:
-            context.load_cert_chain(args.tls_cert, args.tls_key)
+        return tls.client_context(
+            args.tls_ca, args.tls_cert, args.tls_key, verify=not args.tls_no_verify
+        )
     except (OSError, ssl.SSLError) as error:
         raise UsageError(f"dimse {args.command}: TLS set-up failed: {error}") from None
-    return context
 
 
 def build_parser() -> argparse.ArgumentParser:

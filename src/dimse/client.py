@@ -45,8 +45,6 @@ from dimse.pdu import (
     AAssociateRJ,
     AAssociateRQ,
     AbortSource,
-    RejectResult,
-    RejectSource,
     RoleSelection,
     UserIdentityRQ,
 )
@@ -64,31 +62,9 @@ class AssociationError(Exception):
     """The association could not be used: rejected, aborted or closed."""
 
 
-#: A-ASSOCIATE-RJ reasons by source (PS3.8 Table 9-21).
-_REJECT_REASONS = {
-    RejectSource.SERVICE_USER: {
-        1: "no reason given",
-        2: "application context name not supported",
-        3: "calling AE title not recognized",
-        7: "called AE title not recognized",
-    },
-    RejectSource.SERVICE_PROVIDER_ACSE: {
-        1: "no reason given",
-        2: "protocol version not supported",
-    },
-    RejectSource.SERVICE_PROVIDER_PRESENTATION: {
-        1: "temporary congestion",
-        2: "local limit exceeded",
-    },
-}
-
-
 class AssociationRejectedError(AssociationError):
     def __init__(self, reject: AAssociateRJ) -> None:
-        reason = _REJECT_REASONS[reject.source].get(reject.reason, f"reason {reject.reason}")
-        result = "permanent" if reject.result is RejectResult.PERMANENT else "transient"
-        source = reject.source.name.lower().replace("_", " ")
-        super().__init__(f"association rejected ({result}, by the {source}): {reason}")
+        super().__init__(f"association rejected ({reject})")
         self.reject = reject
 
 

@@ -256,6 +256,28 @@ class AAssociateRJ:
     source: RejectSource
     reason: int
 
+    def __str__(self) -> str:
+        """E.g. 'permanent, by the service user: called AE title not recognized'."""
+        reason = _REJECT_REASONS[self.source].get(self.reason, f"reason {self.reason}")
+        result = "permanent" if self.result is RejectResult.PERMANENT else "transient"
+        return f"{result}, by the {self.source.name.lower().replace('_', ' ')}: {reason}"
+
+
+#: A-ASSOCIATE-RJ reasons by source (PS3.8 Table 9-21).
+_REJECT_REASONS = {
+    RejectSource.SERVICE_USER: {
+        1: "no reason given",
+        2: "application context name not supported",
+        3: "calling AE title not recognized",
+        7: "called AE title not recognized",
+    },
+    RejectSource.SERVICE_PROVIDER_ACSE: {1: "no reason given", 2: "protocol version not supported"},
+    RejectSource.SERVICE_PROVIDER_PRESENTATION: {
+        1: "temporary congestion",
+        2: "local limit exceeded",
+    },
+}
+
 
 @dataclass(frozen=True, slots=True)
 class PDV:

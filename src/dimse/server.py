@@ -13,6 +13,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections import Counter
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -27,13 +28,16 @@ from dimse.dimse import (
     Message,
     UnknownCommand,
 )
+from dimse.identity import IdentityVerifier
 from dimse.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy, Association, negotiate
 from dimse.pdu import (
     LOCAL_LIMIT_EXCEEDED,
     AAssociateRJ,
     AAssociateRQ,
+    RejectReason,
     RejectResult,
     RejectSource,
+    UserIdentityRQ,
 )
 from dimse.sop_classes import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION
 from dimse.status import Status
@@ -123,8 +127,12 @@ class ServerOptions:
     max_pdu: int = DEFAULT_MAX_PDU
     max_async_ops: int = 16
     max_associations: int = 50
+    max_associations_per_ae: int = 0  # 0: only the global cap
+    max_dataset_size: int = 1 << 32  # bytes; beyond it a C-STORE fails with A700
     timeouts: Timeouts = field(default_factory=Timeouts)
     ssl_context: ssl.SSLContext | None = None
+    identity: IdentityVerifier | None = None  # checks user identities (PS3.7 D.3.3.7)
+    require_identity: bool = False  # reject requestors that send none
 
     def policy(self) -> AcceptorPolicy:
         return AcceptorPolicy(
@@ -154,10 +162,19 @@ class Server:
         self._policy = self.options.policy()
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        self._per_ae: Counter[str] = Counter()
 
     @property
     def active_associations(self) -> int:
         return len(self._sessions)
+
+    def associations_of(self, calling_ae: str) -> int:
+        """Established associations from one calling AE title."""
+        return self._per_ae[calling_ae]
+
+    def _admit(self, session: _Session) -> None:
+        self._per_ae[session.peer.calling_ae.strip()] += 1
+        session.counted = True
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -214,6 +231,8 @@ class Server:
             session.abort("internal error")
         finally:
             self._sessions.discard(task)
+            if session.counted:
+                self._per_ae[session.peer.calling_ae.strip()] -= 1
             await session.cleanup()
 
 
@@ -231,6 +250,8 @@ class _Session:
         self._working: set[asyncio.Task[None]] = set()
         self._started = time.monotonic()
         self._stored = 0
+        self._received = 0  # bytes of the data set being received
+        self.counted = False  # in the server's per-AE count
 
     async def run(self) -> None:
         self.connection.connection_made()
@@ -286,27 +307,23 @@ class _Session:
         self.peer = Peer(self.link.peer, request.calling_ae, request.called_ae)
         answer = negotiate(request, self.server._policy)
         if not isinstance(answer, AAssociateRJ):
-            if self.server.active_associations > self.server.options.max_associations:
-                answer = AAssociateRJ(
-                    RejectResult.TRANSIENT,
-                    RejectSource.SERVICE_PROVIDER_PRESENTATION,
-                    LOCAL_LIMIT_EXCEEDED,
-                )
-            else:
-                answer = await self.provider.on_association(request, self.link.peer) or answer
+            answer = (
+                self._admission(request)
+                or await self.provider.on_association(request, self.link.peer)
+                or answer
+            )
         if isinstance(answer, AAssociateRJ):
             log.warning(
-                "%s: rejected association %s -> %s: result %s, source %s, reason %d",
+                "audit: rejected association from %s, calling AE %r, called AE %r: %s",
                 self.peer.address,
-                request.calling_ae,
-                request.called_ae,
-                answer.result.name,
-                answer.source.name,
-                answer.reason,
+                request.calling_ae.strip(),
+                request.called_ae.strip(),
+                answer,
             )
             self.connection.reject(answer)
             return
         ac, self.association = answer
+        self.server._admit(self)
         self.connection.accept(ac, self.association)
         log.info(
             "%s: association %s -> %s accepted (%d contexts, max PDU %d, window %d)",
@@ -317,6 +334,36 @@ class _Session:
             self.association.peer_max_pdu,
             self.association.max_invoked,
         )
+
+    def _admission(self, request: AAssociateRQ) -> AAssociateRJ | None:
+        """The server's own limits and the user identity check, after negotiation."""
+        options = self.server.options
+        calling = request.calling_ae.strip()
+        per_ae = options.max_associations_per_ae
+        if self.server.active_associations > options.max_associations or (
+            per_ae and self.server.associations_of(calling) >= per_ae
+        ):
+            return AAssociateRJ(
+                RejectResult.TRANSIENT,
+                RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                LOCAL_LIMIT_EXCEEDED,
+            )
+        identity = request.user_item(UserIdentityRQ)
+        if options.identity is None or (identity is None and not options.require_identity):
+            return None
+        # PS3.7 D.3.3.7.3: an identity that is required but absent, or not accepted,
+        # is refused with A-ASSOCIATE-RJ permanent, service user, no reason given.
+        if identity is None or not options.identity.verify(identity):
+            who = (
+                "none given"
+                if identity is None
+                else repr(identity.primary.decode(errors="replace"))
+            )
+            log.warning("%s: user identity refused (%s)", self.peer.address, who)
+            return AAssociateRJ(
+                RejectResult.PERMANENT, RejectSource.SERVICE_USER, RejectReason.NO_REASON_GIVEN
+            )
+        return None
 
     async def _command(self, event: ev.CommandReceived) -> None:
         message = event.message
@@ -349,6 +396,17 @@ class _Session:
         if self._receiving is None:
             return  # data of a command we did not keep (an unknown one): dropped
         context_id, message, sink = self._receiving
+        self._received += len(event.data)
+        if not isinstance(sink, Outcome) and self._received > self.server.options.max_dataset_size:
+            log.warning(
+                "%s: %s exceeds the %d-byte data set limit; receiving the rest unstored",
+                self.peer.address,
+                message.affected_sop_instance_uid,
+                self.server.options.max_dataset_size,
+            )
+            await sink.discard()
+            sink = Outcome(Status.OUT_OF_RESOURCES, "data set too large")
+            self._receiving = (context_id, message, sink)
         if not isinstance(sink, Outcome):
             try:
                 await sink.write(event.data)
@@ -362,6 +420,7 @@ class _Session:
         if not event.last:
             return
         self._receiving = None
+        self._received = 0
         task = asyncio.create_task(self._complete(context_id, message, sink))
         self._working.add(task)
         task.add_done_callback(self._working.discard)
