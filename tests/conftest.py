@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -150,3 +151,82 @@ def stored_files(root: Path) -> dict[str, Path]:
         if path.is_file() and not hidden and not path.name.startswith("index.sqlite"):
             found[open_dicom_file(path).sop_instance_uid] = path
     return found
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder = tmp_path_factory.mktemp("tls")
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def issue(
+        subject: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer_key: ec.EllipticCurvePrivateKey,
+        issuer: str,
+        *,
+        ca: bool = False,
+        ip: bool = False,
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name(issuer))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ip:
+            san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def write(path: Path, data: bytes) -> Path:
+        path.write_bytes(data)
+        return path
+
+    def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = issue("dimse test CA", ca_key, ca_key, "dimse test CA", ca=True)
+    server_key, client_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    server = issue("127.0.0.1", server_key, ca_key, "dimse test CA", ip=True)
+    client = issue("MODALITY", client_key, ca_key, "dimse test CA")
+    pem = serialization.Encoding.PEM
+    return TLSFiles(
+        ca=write(folder / "ca.pem", ca.public_bytes(pem)),
+        server_cert=write(folder / "server.pem", server.public_bytes(pem)),
+        server_key=write(folder / "server.key", pem_key(server_key)),
+        client_cert=write(folder / "client.pem", client.public_bytes(pem)),
+        client_key=write(folder / "client.key", pem_key(client_key)),
+    )
