@@ -1,0 +1,73 @@
+"""PS3.10 files: locating a data set without parsing it, and our hand-written file meta."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydicom import dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+
+from conftest import SAMPLE_FILES, TEST_FILES
+from dimse.files import PREAMBLE, NotDicomError, file_meta_bytes, open_dicom_file
+from dimse.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+uids = st.lists(st.integers(0, 99999), min_size=2, max_size=12).map(
+    lambda parts: ".".join(map(str, parts))
+)
+ae_titles = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", min_size=0, max_size=16)
+
+
+def pydicom_file_meta(sop_class: str, sop_instance: str, syntax: str, ae: str) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if ae.strip():
+        meta.SourceApplicationEntityTitle = ae.strip()
+    buffer = DicomBytesIO()
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return PREAMBLE + buffer.getvalue()
+
+
+@given(uids, uids, st.sampled_from(["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]), ae_titles)
+def test_file_meta_is_byte_identical_to_pydicoms(
+    sop_class: str, sop_instance: str, syntax: str, ae: str
+) -> None:
+    ours = file_meta_bytes(sop_class, sop_instance, syntax, ae)
+    assert ours == pydicom_file_meta(sop_class, sop_instance, syntax, ae)
+
+
+@pytest.mark.parametrize("path", SAMPLE_FILES, ids=lambda p: p.name)
+def test_open_dicom_file_locates_the_data_set(path: Path) -> None:
+    file = open_dicom_file(path)
+    ds = dcmread(path)
+    assert file.sop_instance_uid == ds.file_meta.MediaStorageSOPInstanceUID
+    assert file.transfer_syntax == ds.file_meta.TransferSyntaxUID
+    assert file.size == path.stat().st_size
+    syntax = UID(file.transfer_syntax)
+    with path.open("rb") as fp:
+        fp.seek(file.dataset_offset)
+        data = fp.read()
+    assert len(data) == file.dataset_size
+    if not syntax.is_deflated:  # the data set parses on its own from the offset
+        alone = read_dataset(io.BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
+        assert [e.tag for e in alone] == [e.tag for e in ds]
+
+
+def test_not_dicom_files_are_reported(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(NotDicomError, match="not a DICOM file"):
+        open_dicom_file(text)
+    with pytest.raises(NotDicomError):
+        open_dicom_file(TEST_FILES / "no_meta.dcm")
