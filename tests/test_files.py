@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 
@@ -71,3 +71,33 @@ def test_not_dicom_files_are_reported(tmp_path: Path) -> None:
         open_dicom_file(text)
     with pytest.raises(NotDicomError):
         open_dicom_file(TEST_FILES / "no_meta.dcm")
+
+
+def _pydicom_view(path: Path) -> tuple[str, str, str, int] | None:
+    """What pydicom's own reader finds, as the reference for our fast scan."""
+    try:
+        with path.open("rb") as fp:
+            read_preamble(fp, False)
+            meta = _read_file_meta_info(fp)
+            offset = fp.tell()
+    except Exception:
+        return None
+    keys = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
+    values = [str(meta.get(k, "")) for k in keys]
+    return (values[0], values[1], values[2], offset) if all(values) else None
+
+
+def test_fast_meta_scan_agrees_with_pydicom_on_every_bundled_file() -> None:
+    compared = 0
+    for path in sorted(TEST_FILES.rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            file = open_dicom_file(path)
+            ours = (file.sop_class_uid, file.sop_instance_uid, file.transfer_syntax)
+            found: tuple[str, str, str, int] | None = (*ours, file.dataset_offset)
+        except NotDicomError:
+            found = None
+        assert found == _pydicom_view(path), path.name
+        compared += 1
+    assert compared > 100

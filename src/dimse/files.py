@@ -41,17 +41,64 @@ class DicomFile:
         return self.size - self.dataset_offset
 
 
+_LONG_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
+_WANTED = {0x00020002: 0, 0x00020003: 1, 0x00020010: 2}
+_META_READ = 4096
+
+
+def _scan_file_meta(head: bytes) -> tuple[list[str], int] | None:
+    """SOP class, SOP instance, transfer syntax and the data set offset from a file's
+    first bytes, or None when anything is unusual (pydicom then reads the file).
+
+    The file meta group is always Explicit VR Little Endian (PS3.10 §7.1); this
+    is the sender's per-file path, where pydicom's reader cost ~0.4 ms a file.
+    """
+    if head[128:132] != b"DICM":
+        return None
+    values = ["", "", ""]
+    at = 132
+    while at + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, at)
+        if group != 2:
+            return (values, at) if all(values) else None
+        vr = head[at + 4 : at + 6]
+        if vr in _LONG_VRS:
+            if at + 12 > len(head):
+                return None
+            (length,) = struct.unpack_from("<I", head, at + 8)
+            at += 12
+        elif vr.isalpha() and vr.isupper():
+            (length,) = struct.unpack_from("<H", head, at + 6)
+            at += 8
+        else:
+            return None
+        if at + length > len(head):
+            return None
+        slot = _WANTED.get(0x00020000 | element)
+        if slot is not None:
+            values[slot] = head[at : at + length].decode("ascii", "replace").rstrip("\0 ")
+        at += length
+    return None
+
+
 def open_dicom_file(path: str | os.PathLike[str]) -> DicomFile:
     """Read only the preamble and file meta of `path` (PS3.10 §7.1)."""
     path = Path(path)
-    try:
-        with path.open("rb") as fp:
+    with path.open("rb") as fp:
+        size = os.fstat(fp.fileno()).st_size
+        scanned = _scan_file_meta(fp.read(_META_READ))
+        if scanned is not None:
+            (sop_class, sop_instance, syntax), offset = scanned
+            return DicomFile(path, sop_class, sop_instance, syntax, offset, size)
+        fp.seek(0)
+        try:
             read_preamble(fp, force=False)
             meta = _read_file_meta_info(fp)
             offset = fp.tell()
-            size = os.fstat(fp.fileno()).st_size
-    except (InvalidDicomError, EOFError, ValueError, KeyError) as error:
-        raise NotDicomError(f"not a DICOM file ({error})") from None
+        except (InvalidDicomError, EOFError, ValueError, KeyError) as error:
+            raise NotDicomError(f"not a DICOM file ({error})") from None
     missing = [
         keyword
         for keyword in (
