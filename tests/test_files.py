@@ -80,7 +80,7 @@ def _pydicom_view(path: Path) -> tuple[str, str, str, int] | None:
             read_preamble(fp, False)
             meta = _read_file_meta_info(fp)
             offset = fp.tell()
-    except Exception:
+    except Exception:  # any failure: not a file we can send
         return None
     keys = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
     values = [str(meta.get(k, "")) for k in keys]
