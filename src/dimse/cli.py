@@ -499,15 +499,16 @@ async def _serve(args: argparse.Namespace) -> int:
 # --- index, ls -------------------------------------------------------------------
 
 
-def _archive_root(args: argparse.Namespace) -> Path:
+def _archive_root(args: argparse.Namespace, *, with_index: bool = True) -> Path:
+    """The archive folder; `with_index=False` for a rebuild, which recreates a lost index."""
     root: Path = args.output_directory
-    if not (root / INDEX_FILE).exists():
+    if not root.is_dir() or (with_index and not (root / INDEX_FILE).exists()):
         raise UsageError(f"dimse {args.command}: no archive in {root} (no {INDEX_FILE})")
     return root
 
 
 async def _index(args: argparse.Namespace) -> int:
-    root = _archive_root(args)
+    root = _archive_root(args, with_index=args.action == "check")
     if args.action == "rebuild":
         count, unreadable = await asyncio.to_thread(rebuild_index, root)
         for line in unreadable:
@@ -562,6 +563,17 @@ def _configure_logging(args: argparse.Namespace) -> None:
     )
 
 
+def _serve_options() -> dict[str, argparse.Action]:
+    """`serve`'s long options by name, those a config file may set."""
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        name: action
+        for action in commands.choices["serve"]._actions
+        for name in action.option_strings
+        if name.startswith("--") and name not in ("--help", "--config")
+    }
+
+
 def _with_config(argv: list[str]) -> list[str]:
     """`serve --config FILE`: the file's options first, so the command line overrides them."""
     if not argv or argv[0] != "serve" or "--config" not in argv:
@@ -574,11 +586,17 @@ def _with_config(argv: list[str]) -> list[str]:
         settings = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise UsageError(f"dimse serve: cannot read config {path}: {error}") from None
+    known = _serve_options()
     options: list[str] = []
     for key, value in settings.items():
         option = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            options += [option] if value else []
+        action = known.get(option)
+        if action is None:  # checked here: argparse would take a prefix of an option
+            raise UsageError(f"dimse serve: config {path}: unknown option {key!r}")
+        if action.nargs == 0:  # a flag (true/false) or a count (verbose = 2)
+            if not isinstance(value, int):
+                raise UsageError(f"dimse serve: config {path}: {key} must be true or false")
+            options += [option] * int(value)
         elif isinstance(value, list):
             for item in value:
                 options += [option, str(item)]

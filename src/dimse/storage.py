@@ -11,6 +11,7 @@ partial file at a final path; leftovers in `.incoming` are removed at start-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -196,7 +197,10 @@ class FileSink:
         return None
 
     async def discard(self) -> None:
-        self._file.close()
+        # After a failed write (disk full) closing retries the flush and fails again;
+        # the file is closed all the same, and the temporary file must still go.
+        with contextlib.suppress(OSError):
+            self._file.close()
         self.temp_path.unlink(missing_ok=True)
 
 
