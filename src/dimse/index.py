@@ -184,7 +184,10 @@ class Index:
             (i.patient_key, i.patient_id, i.patient_name, i.birth_date, i.sex),
         )
         db.execute(
-            "INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(study_uid) DO NOTHING",
+            "INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(study_uid) DO UPDATE "
+            "SET study_date=excluded.study_date, study_time=excluded.study_time, "
+            "description=excluded.description, accession_number=excluded.accession_number, "
+            "study_id=excluded.study_id, referring_physician=excluded.referring_physician",
             (
                 i.study_uid,
                 i.patient_key,
@@ -197,7 +200,9 @@ class Index:
             ),
         )
         db.execute(
-            "INSERT INTO series VALUES (?, ?, ?, ?, ?) ON CONFLICT(series_uid) DO NOTHING",
+            "INSERT INTO series VALUES (?, ?, ?, ?, ?) ON CONFLICT(series_uid) DO UPDATE SET "
+            "modality=excluded.modality, series_number=excluded.series_number, "
+            "description=excluded.description",
             (i.series_uid, i.study_uid, i.modality, i.series_number, i.series_description),
         )
         db.execute(
