@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
 
 import dimse
-from conftest import PEER_ENV, SAMPLE_FILES, TLSFiles, require, stored_files
+from conftest import (
+    PEER_ENV,
+    SAMPLE_FILES,
+    Processes,
+    TLSFiles,
+    dimse_command,
+    free_port,
+    require,
+    run,
+    stored_files,
+)
 from dimse import tls
 from dimse.client import RawDataSet
 from dimse.identity import UsersFile, add_user
@@ -210,3 +221,111 @@ def test_dcmtk_storescu_over_tls(tmp_path: Path, tls_files: TLSFiles) -> None:
     code, output = asyncio.run(scenario())
     assert code == 0, output.decode(errors="replace")
     assert len(stored_files(tmp_path / "archive")) == 1
+
+
+def test_cli_tls_and_user_identity(
+    processes: Processes, tmp_path: Path, tls_files: TLSFiles
+) -> None:
+    users = tmp_path / "users"
+    added = subprocess.run(
+        dimse_command("users", "add", users, "alice"),
+        input="pa55word\n",
+        capture_output=True,
+        text=True,
+    )
+    assert added.returncode == 0, added.stderr
+    assert "pa55word" not in users.read_text()
+    port = free_port()
+    processes.server(
+        dimse_command(
+            "serve",
+            port,
+            "-od",
+            tmp_path / "archive",
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert",
+            tls_files.server_cert,
+            "--tls-key",
+            tls_files.server_key,
+            "--tls-ca",
+            tls_files.ca,
+            "--require-client-cert",
+            "--users",
+            users,
+            "--require-identity",
+        ),
+        port,
+    )
+    client_tls = [
+        "--tls",
+        "--tls-ca",
+        tls_files.ca,
+        "--tls-cert",
+        tls_files.client_cert,
+        "--tls-key",
+        tls_files.client_key,
+    ]
+    base = ["-aec", "DIMSE", *client_tls, "127.0.0.1", port]
+    good = run(dimse_command("store", "+usr", "alice", "+pwd", "pa55word", *base, SAMPLE_FILES[0]))
+    assert good.returncode == 0, good.stdout + good.stderr
+    wrong = run(dimse_command("echo", "+usr", "alice", "+pwd", "guess", *base))
+    assert wrong.returncode == 3 and "rejected" in wrong.stderr
+    plain = run(
+        dimse_command(
+            "echo",
+            "+usr",
+            "alice",
+            "+pwd",
+            "pa55word",
+            "-aec",
+            "DIMSE",
+            "-to",
+            "5",
+            "127.0.0.1",
+            port,
+        )
+    )
+    assert plain.returncode == 3
+    assert len(stored_files(tmp_path / "archive")) == 1
+    usage = run(dimse_command("serve", free_port(), "--require-identity"))
+    assert usage.returncode == 2 and "--users" in usage.stderr
+
+
+def test_dimse_store_to_dcmtk_storescp_over_tls(
+    processes: Processes, tmp_path: Path, tls_files: TLSFiles
+) -> None:
+    port, out = free_port(), tmp_path / "storescp"
+    out.mkdir()
+    processes.server(
+        [
+            require("storescp"),
+            "+tls",
+            tls_files.server_key,
+            tls_files.server_cert,
+            "+cf",
+            tls_files.ca,
+            "+B",
+            "-od",
+            out,
+            port,
+        ],
+        port,
+    )
+    result = run(
+        dimse_command(
+            "store",
+            "--tls",
+            "--tls-ca",
+            tls_files.ca,
+            "--tls-cert",
+            tls_files.client_cert,
+            "--tls-key",
+            tls_files.client_key,
+            "127.0.0.1",
+            port,
+            SAMPLE_FILES[0],
+        )
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(stored_files(out)) == 1

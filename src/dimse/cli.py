@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
 import signal
@@ -27,8 +28,10 @@ from pydicom.uid import UID
 from dimse import tls
 from dimse.client import AssociationError, connect, default_contexts
 from dimse.hooks import CommandRunner, on_reception, on_study
+from dimse.identity import UsersFile, add_user
 from dimse.index import Index
 from dimse.negotiation import DEFAULT_MAX_PDU
+from dimse.pdu import UserIdentityRQ, UserIdentityType
 from dimse.sender import Client, Kind, Proposal, StoreResult, Summary
 from dimse.server import Server, ServerOptions, default_syntaxes
 from dimse.sop_classes import ALL_TRANSFER_SYNTAXES, VERIFICATION
@@ -135,6 +138,9 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-td", "--dimse-timeout", type=_seconds, default=60.0, help="response timeout, s (60)"
     )
+    identity = parser.add_argument_group("user identity (PS3.7 D.3.3.7)")
+    identity.add_argument("+usr", "--user", help="user name to identify with")
+    identity.add_argument("+pwd", "--password", help="its password")
     tls = parser.add_argument_group("TLS (PS3.15 Annex B.1)")
     tls.add_argument("--tls", action="store_true", help="connect with TLS")
     tls.add_argument("--tls-ca", type=Path, help="CA certificates to verify the peer with")
@@ -142,6 +148,18 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
     tls.add_argument("--tls-key", type=Path, help="our private key (PEM)")
     tls.add_argument(
         "--tls-no-verify", action="store_true", help="do not verify the peer's certificate"
+    )
+
+
+def _user_identity(args: argparse.Namespace) -> UserIdentityRQ | None:
+    if args.user is None:
+        if args.password is not None:
+            raise UsageError(f"dimse {args.command}: --password needs --user")
+        return None
+    if args.password is None:
+        return UserIdentityRQ(UserIdentityType.USERNAME, False, args.user.encode())
+    return UserIdentityRQ(
+        UserIdentityType.USERNAME_AND_PASSCODE, False, args.user.encode(), args.password.encode()
     )
 
 
@@ -160,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dimse", description="DICOM C-ECHO / C-STORE, client and archive")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    echo = commands.add_parser("echo", help="C-ECHO an SCP (verification)")
+    echo = commands.add_parser("echo", help="C-ECHO an SCP (verification)", prefix_chars="-+")
     _client_options(echo)
     echo.add_argument("-r", "--repeat", type=_positive, default=1, help="number of C-ECHOs")
     _common(echo)
@@ -288,7 +306,43 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COMMAND",
         help="run for each study an association brought, when it ends; #p study folder",
     )
+    serve.add_argument(
+        "--max-associations-per-ae",
+        type=_count,
+        default=0,
+        help="simultaneous associations from one calling AE title (0 = no own limit)",
+    )
+    serve.add_argument(
+        "--max-dataset-size",
+        type=_positive,
+        default=1 << 32,
+        help="largest data set accepted, bytes; beyond it A700 (4294967296)",
+    )
+    security = serve.add_argument_group("security (PS3.15 TLS, PS3.7 user identity)")
+    security.add_argument("--tls-cert", type=Path, help="our certificate (PEM): serve TLS")
+    security.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    security.add_argument("--tls-ca", type=Path, help="CA certificates to verify clients with")
+    security.add_argument(
+        "--require-client-cert", action="store_true", help="refuse clients without a certificate"
+    )
+    security.add_argument(
+        "--users", type=Path, help="users file (dimse users add) to verify user identities"
+    )
+    security.add_argument(
+        "--require-identity",
+        action="store_true",
+        help="reject associations without a valid user identity (needs --users)",
+    )
     _common(serve)
+
+    users = commands.add_parser("users", help="add a user to a users file (for --users)")
+    users.add_argument("action", choices=["add"])
+    users.add_argument("file", type=Path, help="the users file (created if missing)")
+    users.add_argument("name", help="user name")
+    users.add_argument(
+        "--no-password", action="store_true", help="identify by name alone (identity type 1)"
+    )
+    _common(users)
 
     index = commands.add_parser("index", help="check or rebuild the archive's index")
     index.add_argument("action", choices=["check", "rebuild"])
@@ -317,6 +371,7 @@ async def _echo(args: argparse.Namespace) -> int:
         called_ae=args.called_ae,
         contexts=default_contexts(),
         max_pdu=args.max_pdu,
+        user_identity=_user_identity(args),
         ssl_context=_client_tls(args),
         timeouts=_timeouts(args),
     ) as assoc:
@@ -358,6 +413,7 @@ async def _store(args: argparse.Namespace) -> int:
                 proposal=Proposal(args.propose),
                 retries=args.retries,
                 retry_delay=args.retry_delay,
+                user_identity=_user_identity(args),
                 ssl_context=_client_tls(args),
                 timeouts=_timeouts(args),
                 on_result=on_result,
@@ -470,7 +526,12 @@ async def _serve(args: argparse.Namespace) -> int:
         check_called_ae=not args.no_called_ae_check,
         max_pdu=args.max_pdu,
         max_associations=args.max_associations,
+        max_associations_per_ae=args.max_associations_per_ae,
+        max_dataset_size=args.max_dataset_size,
         timeouts=Timeouts(idle=args.idle_timeout),
+        ssl_context=_server_tls(args),
+        identity=_users_file(args),
+        require_identity=args.require_identity,
     )
     server = Server(provider, args.bind, port, options)
     try:
@@ -493,6 +554,47 @@ async def _serve(args: argparse.Namespace) -> int:
     await server.close(args.shutdown_grace)
     await runner.wait()
     provider.close()
+    return EXIT_OK
+
+
+def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if args.tls_cert is None:
+        if args.tls_key or args.tls_ca or args.require_client_cert:
+            raise UsageError("dimse serve: TLS options need --tls-cert")
+        return None
+    try:
+        return tls.server_context(
+            args.tls_cert, args.tls_key, args.tls_ca, require_client_cert=args.require_client_cert
+        )
+    except (OSError, ssl.SSLError, ValueError) as error:
+        raise UsageError(f"dimse serve: TLS set-up failed: {error}") from None
+
+
+def _users_file(args: argparse.Namespace) -> UsersFile | None:
+    if args.users is None:
+        if args.require_identity:
+            raise UsageError("dimse serve: --require-identity needs --users FILE")
+        return None
+    try:
+        return UsersFile(args.users)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"dimse serve: cannot read users file: {error}") from None
+
+
+async def _users(args: argparse.Namespace) -> int:
+    password = None
+    if not args.no_password:
+        if sys.stdin.isatty():
+            password = getpass.getpass(f"password for {args.name}: ")
+        else:  # scripted: the first line of standard input
+            password = sys.stdin.readline().rstrip("\n")
+        if not password:
+            raise UsageError("dimse users: empty password (use --no-password for none)")
+    try:
+        add_user(args.file, args.name, password)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"dimse users: {error}") from None
+    print(f"{args.name} added to {args.file}")
     return EXIT_OK
 
 
@@ -611,7 +713,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(_with_config(list(sys.argv[1:] if argv is None else argv)))
         _configure_logging(args)
-        commands = {"echo": _echo, "store": _store, "serve": _serve, "index": _index, "ls": _ls}
+        commands = {
+            "echo": _echo,
+            "store": _store,
+            "serve": _serve,
+            "index": _index,
+            "ls": _ls,
+            "users": _users,
+        }
         runner = commands[args.command]
         return asyncio.run(runner(args))
     except UsageError as error:

@@ -36,6 +36,7 @@ from dimse.client import (
 )
 from dimse.files import DicomFile, NotDicomError, open_dicom_file
 from dimse.negotiation import DEFAULT_MAX_PDU, MAX_CONTEXTS, ProposedContext
+from dimse.pdu import UserIdentityRQ
 from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES
 from dimse.status import Category, category, describe
 from dimse.transport import DEFAULT_TIMEOUTS, Timeouts
@@ -190,6 +191,7 @@ class Client:
         proposal: Proposal = Proposal.FILE,
         retries: int = 0,
         retry_delay: float = 1.0,
+        user_identity: UserIdentityRQ | None = None,
         ssl_context: ssl.SSLContext | None = None,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
         on_result: ResultCallback | None = None,
@@ -202,6 +204,7 @@ class Client:
         self.proposal = proposal
         self.retries = retries
         self.retry_delay = retry_delay
+        self.user_identity = user_identity
         self.ssl_context = ssl_context
         self.timeouts = timeouts
         self.on_result = on_result
@@ -266,6 +269,7 @@ class Client:
                     contexts=contexts,
                     max_pdu=self.max_pdu,
                     async_ops=self.async_ops,
+                    user_identity=self.user_identity,
                     ssl_context=self.ssl_context,
                     timeouts=self.timeouts,
                 ) as assoc:
