@@ -16,18 +16,23 @@ import errno
 import logging
 import os
 import re
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from enum import Enum
+from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
 
 from dimse.files import file_meta_bytes
 from dimse.index import Index, Instance
@@ -38,6 +43,7 @@ from dimse.status import Status, describe
 log = logging.getLogger("dimse.storage")
 
 TEMP_DIR = ".incoming"
+HEAD_SIZE = 256 * 1024  # bytes kept in memory to read a data set's header from
 INDEX_FILE = "index.sqlite"
 _UNSAFE = re.compile(r"[^0-9A-Za-z.\-^ ]")
 _T = TypeVar("_T")
@@ -108,6 +114,7 @@ class StoredInstance:
     peer: Peer
 
 
+Filed = tuple[Outcome, Instance | None]  # a filing round's answer for one sink
 StoredHook = Callable[[StoredInstance], Awaitable[None]]
 StudyHook = Callable[[str, Path, Peer], Awaitable[None]]
 
@@ -128,6 +135,30 @@ def failure_for(error: OSError) -> Outcome:
     return Outcome(Status.OUT_OF_RESOURCES, f"cannot write: {error.strerror}"[:64])
 
 
+def read_header(head: bytes | bytearray, size: int, transfer_syntax: str, path: Path) -> Dataset:
+    """The data set's attributes up to its pixel data, parsed from its first bytes.
+
+    Parsing from memory matters: pydicom asks a file for its position at every
+    element, one system call each. The file is read only when the header does
+    not fit in `head` or the data set is deflated.
+    """
+    syntax = UID(transfer_syntax)
+    if not syntax.is_deflated:
+        stopped = False
+
+        def at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
+            nonlocal stopped
+            stopped = bool(tag >= 0x7FE00010)
+            return stopped
+
+        header = read_dataset(
+            BytesIO(head), syntax.is_implicit_VR, syntax.is_little_endian, stop_when=at_pixels
+        )
+        if stopped or len(head) >= size:
+            return header
+    return dcmread(path, stop_before_pixels=True)
+
+
 class FileSink:
     """Streams one data set into a temporary file; complete() files it durably."""
 
@@ -137,39 +168,35 @@ class FileSink:
         self.temp_path = archive.root / TEMP_DIR / f"{uuid.uuid4().hex}.part"
         self.size = 0
         self._started = time.monotonic()
+        self._head = bytearray()  # the data set's first bytes, to read the header from
+        self.filed = False  # renamed into place: nothing left to discard
         message = request.message
-        self._file: BinaryIO = self.temp_path.open("wb")
-        self._file.write(
-            file_meta_bytes(
-                message.affected_sop_class_uid,
-                message.affected_sop_instance_uid,
-                request.transfer_syntax,
-                request.peer.calling_ae,
-            )
+        meta = file_meta_bytes(
+            message.affected_sop_class_uid,
+            message.affected_sop_instance_uid,
+            request.transfer_syntax,
+            request.peer.calling_ae,
         )
+        self.file_size = len(meta)
+        self._file: BinaryIO = self.temp_path.open("wb")
+        self._file.write(meta)
 
     async def write(self, data: memoryview) -> None:
         self._file.write(data)
         self.size += len(data)
+        self.file_size += len(data)
+        if len(self._head) < HEAD_SIZE:
+            self._head += data[: HEAD_SIZE - len(self._head)]
 
     async def complete(self) -> int | Outcome:
-        uid = self.request.message.affected_sop_instance_uid
-        try:
-            header = await asyncio.to_thread(self._sync_and_read_header)
-            if isinstance(header, Outcome):
-                outcome = header
-            else:
-                outcome = self._validate(header) or await self.archive.file(self, header)
-        except OSError as error:
-            log.error("%s: cannot store %s: %s", self.request.peer.address, uid, error)
-            outcome = failure_for(error)
-        if self.temp_path.exists():
+        outcome = await self.archive.file(self)
+        if not self.filed:
             await self.discard()
         log.info(
             "%s %s: C-STORE %s: %s%s, %d bytes, %.1f ms",
             self.request.peer.address,
             self.request.peer.calling_ae.strip(),
-            uid,
+            self.request.message.affected_sop_instance_uid,
             describe(outcome.status),
             f" ({outcome.comment})" if outcome.comment else "",
             self.size,
@@ -177,15 +204,29 @@ class FileSink:
         )
         return outcome
 
-    def _sync_and_read_header(self) -> Dataset | Outcome:
+    def finish(self) -> Instance | Outcome:
+        """Make the temporary file durable and read what the index needs of it.
+
+        Runs on the filing thread. Returns the failure to answer instead when the
+        data set cannot be read (Cxxx) or is not the instance its command names.
+        """
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         try:
-            return dcmread(self.temp_path, stop_before_pixels=True)
+            header = read_header(
+                self._head, self.size, self.request.transfer_syntax, self.temp_path
+            )
         except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as error:
             # PS3.4 §B.2.3: Cxxx, the SCP cannot understand the data set.
             return Outcome(Status.CANNOT_UNDERSTAND, f"cannot parse data set: {error}"[:64])
+        return self._validate(header) or Instance.from_header(
+            header,
+            transfer_syntax=self.request.transfer_syntax,
+            path="",
+            size=self.file_size,
+            calling_ae=self.request.peer.calling_ae.strip(),
+        )
 
     def _validate(self, header: Dataset) -> Outcome | None:
         """PS3.4 §B.2.3 A900: the data set must be the instance the command names."""
@@ -234,6 +275,8 @@ class StorageProvider(ServiceProvider):
         # One thread files and indexes, so duplicate checks and renames never race.
         self._filer = ThreadPoolExecutor(1, thread_name_prefix="dimse-archive")
         self._studies: dict[str, dict[str, Path]] = {}
+        self._waiting: list[tuple[FileSink, asyncio.Future[Filed]]] = []
+        self._filing: asyncio.Task[None] | None = None
 
     def _clean_temp(self) -> None:
         for leftover in (self.root / TEMP_DIR).iterdir():
@@ -263,17 +306,15 @@ class StorageProvider(ServiceProvider):
             log.error("cannot store: %s", error)
             return failure_for(error)
 
-    async def file(self, sink: FileSink, header: Dataset) -> Outcome:
-        """Put a verified temporary file in place and index it (on the filing thread)."""
+    async def file(self, sink: FileSink) -> Outcome:
+        """File a complete data set in the next filing round, then run the hooks."""
         peer = sink.request.peer
-        item = Instance.from_header(
-            header,
-            transfer_syntax=sink.request.transfer_syntax,
-            path="",
-            size=sink.temp_path.stat().st_size,
-            calling_ae=peer.calling_ae.strip(),
-        )
-        outcome, filed = await self._run(self._file_sync, sink.temp_path, item)
+        waiter: asyncio.Future[Filed] = asyncio.get_running_loop().create_future()
+        self._waiting.append((sink, waiter))
+        if self._filing is None or self._filing.done():
+            self._filing = asyncio.create_task(self._file_waiting())
+        outcome, filed = await waiter
+        sink.filed = filed is not None
         if filed is not None:
             stored = StoredInstance(filed, self.root / filed.path, peer)
             folder = self.root / self.layout.study_folder(filed)
@@ -282,23 +323,76 @@ class StorageProvider(ServiceProvider):
                 await hook(stored)
         return outcome
 
-    def _file_sync(self, temp: Path, item: Instance) -> tuple[Outcome, Instance | None]:
-        existing = self.index.get(item.sop_instance_uid)
-        if existing is not None and self.duplicates is DuplicatePolicy.KEEP:
-            log.info("%s: already stored, kept the first copy", item.sop_instance_uid)
-            return Outcome(Status.SUCCESS), None
-        if existing is not None and self.duplicates is DuplicatePolicy.REJECT:
-            return Outcome(Status.DUPLICATE_SOP_INSTANCE, "already stored"), None
-        relative = self.layout.path(item)
-        final = self.root / relative
-        self._make_dirs(final.parent)
-        os.replace(temp, final)
-        fsync_dir(final.parent)
-        if existing is not None and existing != str(relative):
-            (self.root / existing).unlink(missing_ok=True)
-        filed = replace(item, path=str(relative))
-        self.index.add(filed)
-        return Outcome(Status.SUCCESS), filed
+    async def _file_waiting(self) -> None:
+        """Group commit: file everything that waits in one round, repeat while more come.
+
+        One round renames its files, fsyncs each folder once and indexes them in
+        one transaction (one WAL fsync), so the cost of durability is shared by
+        the instances that arrived together; each is answered after its round.
+        """
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                results = await self._run(self._file_batch, [sink for sink, _ in batch])
+            except (OSError, sqlite3.Error) as error:
+                log.error("filing %d instance(s) failed: %s", len(batch), error)
+                failure = (
+                    failure_for(error)
+                    if isinstance(error, OSError)
+                    else Outcome(Status.PROCESSING_FAILURE, f"index: {error}"[:64])
+                )
+                results = [(failure, None)] * len(batch)
+            for (_, waiter), result in zip(batch, results, strict=True):
+                if not waiter.done():
+                    waiter.set_result(result)
+
+    def _file_batch(self, batch: list[FileSink]) -> list[Filed]:
+        """fsync, check, rename into place, fsync folders, index: one round (filing thread)."""
+        results: list[Filed] = []
+        filed: list[Instance] = []
+        replaced: list[Path] = []
+        folders: set[Path] = set()
+        taken: set[str] = set()
+        for sink in batch:
+            try:
+                item = sink.finish()
+            except OSError as error:
+                log.error("cannot store %s: %s", sink.temp_path.name, error)
+                results.append((failure_for(error), None))
+                continue
+            if isinstance(item, Outcome):
+                results.append((item, None))
+                continue
+            temp, uid = sink.temp_path, item.sop_instance_uid
+            existing = self.index.get(uid) or (uid if uid in taken else None)
+            if existing is not None and self.duplicates is DuplicatePolicy.KEEP:
+                log.info("%s: already stored, kept the first copy", uid)
+                results.append((Outcome(Status.SUCCESS), None))
+                continue
+            if existing is not None and self.duplicates is DuplicatePolicy.REJECT:
+                results.append((Outcome(Status.DUPLICATE_SOP_INSTANCE, "already stored"), None))
+                continue
+            relative = self.layout.path(item)
+            final = self.root / relative
+            try:
+                self._make_dirs(final.parent)
+                os.replace(temp, final)
+            except OSError as error:
+                log.error("cannot file %s: %s", uid, error)
+                results.append((failure_for(error), None))
+                continue
+            folders.add(final.parent)
+            if existing is not None and existing != str(relative) and uid not in taken:
+                replaced.append(self.root / existing)
+            taken.add(uid)
+            filed.append(replace(item, path=str(relative)))
+            results.append((Outcome(Status.SUCCESS), filed[-1]))
+        for folder in folders:
+            fsync_dir(folder)
+        self.index.add_many(filed)
+        for old in replaced:
+            old.unlink(missing_ok=True)
+        return results
 
     def _make_dirs(self, folder: Path) -> None:
         """Create `folder` and fsync each parent whose entries changed."""
