@@ -43,6 +43,7 @@ from dimse.status import Status, describe
 log = logging.getLogger("dimse.storage")
 
 TEMP_DIR = ".incoming"
+FILE_MODE = 0o640
 HEAD_SIZE = 256 * 1024  # bytes kept in memory to read a data set's header from
 INDEX_FILE = "index.sqlite"
 _UNSAFE = re.compile(r"[^0-9A-Za-z.\-^ ]")
@@ -178,7 +179,9 @@ class FileSink:
             request.peer.calling_ae,
         )
         self.file_size = len(meta)
-        self._file: BinaryIO = self.temp_path.open("wb")
+        # Owner read-write, group read: medical images are not for every local user.
+        fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        self._file: BinaryIO = os.fdopen(fd, "wb")
         self._file.write(meta)
 
     async def write(self, data: memoryview) -> None:

@@ -1,0 +1,72 @@
+"""The archive's file layout: no attribute value can leave the archive root."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from dimse.index import Instance
+from dimse.storage import Layout, safe_name
+
+HOSTILE = ["../../etc/passwd", "/abs/path", "..", ".", "", "a/b\\c", "x\0y", "  ", "~root", "C:\\x"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_safe_name_is_one_harmless_component(value: str) -> None:
+    name = safe_name(value)
+    assert name and "/" not in name and "\\" not in name and "\0" not in name
+    assert name not in (".", "..") and not name.startswith(".")
+
+
+@pytest.mark.parametrize("layout", list(Layout))
+@pytest.mark.parametrize("value", HOSTILE)
+def test_layout_paths_stay_under_the_root(layout: Layout, value: str, tmp_path: Path) -> None:
+    item = Instance(
+        sop_instance_uid=value,
+        sop_class_uid="1.2.3",
+        transfer_syntax="1.2.840.10008.1.2.1",
+        path="",
+        size=0,
+        calling_ae="X",
+        received=time.time(),
+        patient_id=value,
+        study_uid=value,
+        study_date=value,
+        series_uid=value,
+    )
+    relative = layout.path(item)
+    assert not relative.is_absolute()
+    resolved = (tmp_path / relative).resolve()
+    assert resolved.is_relative_to(tmp_path.resolve())
+    assert resolved.suffix == ".dcm" and all(part not in ("..", ".") for part in relative.parts)
+
+
+def test_stored_files_are_not_world_readable(tmp_path: Path) -> None:
+    import asyncio
+
+    import dimse
+    from conftest import SAMPLE_FILES, stored_files
+    from dimse.client import contexts_for
+    from dimse.files import open_dicom_file
+    from dimse.storage import StorageProvider
+
+    source = open_dicom_file(SAMPLE_FILES[0])
+
+    async def store() -> int:
+        provider = StorageProvider(tmp_path)
+        try:
+            async with (
+                dimse.Server(provider, "127.0.0.1", 0) as server,
+                dimse.connect(
+                    "127.0.0.1", server.port, called_ae="DIMSE", contexts=contexts_for([source])
+                ) as assoc,
+            ):
+                return (await assoc.store(source)).status
+        finally:
+            provider.close()
+
+    assert asyncio.run(store()) == 0
+    (stored,) = stored_files(tmp_path).values()
+    assert stored.stat().st_mode & 0o777 == 0o640
