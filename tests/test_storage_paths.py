@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
 
+import dimse
+from conftest import SAMPLE_FILES, stored_files
+from dimse.client import contexts_for
+from dimse.files import open_dicom_file
 from dimse.index import Instance
-from dimse.storage import Layout, safe_name
+from dimse.storage import Layout, StorageProvider, safe_name
 
 HOSTILE = ["../../etc/passwd", "/abs/path", "..", ".", "", "a/b\\c", "x\0y", "  ", "~root", "C:\\x"]
 
@@ -44,14 +49,6 @@ def test_layout_paths_stay_under_the_root(layout: Layout, value: str, tmp_path: 
 
 
 def test_stored_files_are_not_world_readable(tmp_path: Path) -> None:
-    import asyncio
-
-    import dimse
-    from conftest import SAMPLE_FILES, stored_files
-    from dimse.client import contexts_for
-    from dimse.files import open_dicom_file
-    from dimse.storage import StorageProvider
-
     source = open_dicom_file(SAMPLE_FILES[0])
 
     async def store() -> int:
