@@ -49,7 +49,7 @@ from dimse.pdu import (
     UserIdentityRQ,
 )
 from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES
-from dimse.transport import DEFAULT_TIMEOUTS, Link, Timeouts
+from dimse.transport import DEFAULT_TIMEOUTS, STREAM_LIMIT, Link, Timeouts
 
 log = logging.getLogger("dimse.client")
 
@@ -479,7 +479,7 @@ async def _open(
 ) -> ClientAssociation:
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=ssl_context, limit=1 << 22),
+            asyncio.open_connection(host, port, ssl=ssl_context, limit=STREAM_LIMIT),
             timeouts.connect,
         )
     except TimeoutError:

@@ -52,6 +52,7 @@ Buffer = bytes | memoryview
 
 
 _CLOSED = frozenset({State.STA1})
+_LOCAL_PRIMITIVES = frozenset({Event.EVT7, Event.EVT8, Event.EVT9, Event.EVT11, Event.EVT14})
 
 
 class Connection:
@@ -65,7 +66,10 @@ class Connection:
         self.requestor = request is not None
         self.state = State.STA1
         self.association: Association | None = None
-        self.artim_running = False
+        #: How many times ARTIM was started (or restarted): the driver's timer runs from
+        #: a start, not from the last bytes received.
+        self.artim_starts = 0
+        self._artim_running = False
         self.closing = False
         self._outgoing: list[Buffer] = []
         self._events: list[ev.Event] = []
@@ -87,6 +91,16 @@ class Connection:
     def established(self) -> bool:
         return self.state is State.STA6
 
+    @property
+    def artim_running(self) -> bool:
+        return self._artim_running
+
+    @artim_running.setter
+    def artim_running(self, running: bool) -> None:
+        if running:  # "start (or restart if already started) ARTIM" (PS3.8 Tables 9-6..9-9)
+            self.artim_starts += 1
+        self._artim_running = running
+
     # --- transport indications ----------------------------------------------------
 
     def connection_made(self) -> list[ev.Event]:
@@ -106,7 +120,9 @@ class Connection:
             return []
         self._reader.feed(data)
         events: list[ev.Event] = []
-        while self.state not in _CLOSED:  # _run() may close it
+        # _run() may close the connection, or abort it for a PDU with invalid content:
+        # either way nothing after that PDU is read, even when this read holds more.
+        while self.state not in _CLOSED and not self._unreadable:
             try:
                 pdu = self._reader.next_pdu()
                 if pdu is None:
@@ -177,8 +193,10 @@ class Connection:
     ) -> list[ev.Event]:
         action = lookup(self.state, event)
         if action is None:
-            if event in (Event.EVT9, Event.EVT11, Event.EVT14, Event.EVT7, Event.EVT8):
+            if event in _LOCAL_PRIMITIVES and not self._gone:
                 raise LocalProtocolError(f"{event.value} is not allowed in {self.state.name}")
+            # A received PDU with no action, or an answer to an indication that was
+            # overtaken by an abort in the same read (the caller gets both at once).
             return []
         self._pdu, self._error = pdu, error
         acceptable = True
@@ -202,6 +220,11 @@ class Connection:
             self._release_deferred = False
             return self._drain() + self._run(Event.EVT14)
         return self._drain()
+
+    @property
+    def _gone(self) -> bool:
+        """Aborted or closed: a primitive answering an earlier indication is moot."""
+        return self.state is State.STA13 or (self.state is State.STA1 and self.closing)
 
     def _drain(self) -> list[ev.Event]:
         out, self._events = self._events, []

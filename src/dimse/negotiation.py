@@ -238,6 +238,12 @@ def negotiate(
     """
     if rq.application_context != APPLICATION_CONTEXT:
         return _user_reject(RejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED)
+    # An AE title of 16 spaces "shall not be used" (PS3.8 Table 9-11); it decodes as "",
+    # which no A-ASSOCIATE-AC could echo back.
+    if not rq.calling_ae.strip():
+        return _user_reject(RejectReason.CALLING_AE_NOT_RECOGNIZED)
+    if not rq.called_ae.strip():
+        return _user_reject(RejectReason.CALLED_AE_NOT_RECOGNIZED)
     if policy.check_called_ae and rq.called_ae.strip() != policy.ae_title.strip():
         return _user_reject(RejectReason.CALLED_AE_NOT_RECOGNIZED)
     if policy.calling_aes is not None and rq.calling_ae.strip() not in policy.calling_aes:
@@ -275,16 +281,18 @@ def negotiate(
         # and how many it performs for us; we invoke none, so 1 (PS3.7 D.3.3.3).
         invoked, performed = _min_window(window.invoked, policy.max_async_ops), 1
         items.append(AsyncOperationsWindow(invoked, performed))
-    proposed_classes = {pc.abstract_syntax for pc in rq.presentation_contexts}
-    roles = tuple(
-        RoleSelection(
-            item.sop_class_uid,
-            item.scu_role,
-            item.scp_role and item.sop_class_uid in policy.scp_role_classes,
-        )
-        for item in rq.user_items_of(RoleSelection)
-        if item.sop_class_uid in proposed_classes
-    )
+    # One answer per SOP class (PS3.7 D.3.3.4), and only for classes we accepted: echoing
+    # every sub-item of the request could overflow our user information item (65535 bytes).
+    accepted_classes = {context.abstract_syntax for context in accepted.values()}
+    answered: dict[str, RoleSelection] = {}
+    for item in rq.user_items_of(RoleSelection):
+        if item.sop_class_uid in accepted_classes and item.sop_class_uid not in answered:
+            answered[item.sop_class_uid] = RoleSelection(
+                item.sop_class_uid,
+                item.scu_role,
+                item.scp_role and item.sop_class_uid in policy.scp_role_classes,
+            )
+    roles = tuple(answered.values())
     items.extend(roles)
     items.append(ImplementationVersionName(IMPLEMENTATION_VERSION_NAME))
     identity = rq.user_item(UserIdentityRQ)

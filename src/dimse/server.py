@@ -41,7 +41,7 @@ from dimse.pdu import (
 )
 from dimse.sop_classes import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION
 from dimse.status import Status
-from dimse.transport import Link, Timeouts
+from dimse.transport import STREAM_LIMIT, Link, Timeouts
 
 log = logging.getLogger("dimse.server")
 
@@ -168,6 +168,10 @@ class Server:
     def active_associations(self) -> int:
         return len(self._sessions)
 
+    @property
+    def established(self) -> int:
+        return sum(self._per_ae.values())
+
     def associations_of(self, calling_ae: str) -> int:
         """Established associations from one calling AE title."""
         return self._per_ae[calling_ae]
@@ -182,7 +186,7 @@ class Server:
             self.host,
             self.port,
             ssl=self.options.ssl_context,
-            limit=1 << 22,
+            limit=STREAM_LIMIT,
             reuse_address=True,
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -248,6 +252,8 @@ class _Session:
         self.association: Association | None = None
         self._receiving: tuple[int, CStoreRQ, DataSetSink | Outcome] | None = None
         self._working: set[asyncio.Task[None]] = set()
+        # C-STOREs not yet answered, by Message ID (PS3.7 §9.1.1.1.1: unique among them).
+        self._outstanding: dict[int, CStoreRQ] = {}
         self._started = time.monotonic()
         self._stored = 0
         self._received = 0  # bytes of the data set being received
@@ -340,7 +346,8 @@ class _Session:
         options = self.server.options
         calling = request.calling_ae.strip()
         per_ae = options.max_associations_per_ae
-        if self.server.active_associations > options.max_associations or (
+        # Established associations count, not connections still negotiating.
+        if self.server.established >= options.max_associations or (
             per_ae and self.server.associations_of(calling) >= per_ae
         ):
             return AAssociateRJ(
@@ -367,8 +374,26 @@ class _Session:
 
     async def _command(self, event: ev.CommandReceived) -> None:
         message = event.message
-        if isinstance(message, CStoreRQ):
+        if isinstance(message, CStoreRQ) and not event.has_dataset:
+            # A C-STORE-RQ carries a data set (PS3.7 §9.3.1.1, Command Data Set Type):
+            # without one there is nothing to store, and nothing more will come.
+            self._respond(
+                event.context_id,
+                CStoreRSP(
+                    message.message_id,
+                    Status.CANNOT_UNDERSTAND,
+                    message.affected_sop_class_uid,
+                    message.affected_sop_instance_uid,
+                    error_comment="C-STORE-RQ without a data set",
+                ),
+            )
+        elif isinstance(message, CStoreRQ) and message.message_id in self._outstanding:
+            # PS3.7 Annex C: 0210H, the Message ID is allocated to another operation.
+            duplicate = Outcome(Status.DUPLICATE_INVOCATION, "Message ID of an outstanding C-STORE")
+            self._receiving = (event.context_id, message, duplicate)
+        elif isinstance(message, CStoreRQ):
             assert self.association is not None
+            self._outstanding[message.message_id] = message
             request = StoreRequest(
                 message,
                 self.association.contexts[event.context_id].transfer_syntax,
@@ -415,7 +440,7 @@ class _Session:
                     "%s: storing %s failed", self.peer.address, message.affected_sop_instance_uid
                 )
                 await sink.discard()
-                sink = Outcome(Status.OUT_OF_RESOURCES, f"cannot store: {error}")
+                sink = Outcome(Status.OUT_OF_RESOURCES, f"cannot store: {error}"[:64])
                 self._receiving = (context_id, message, sink)
         if not event.last:
             return
@@ -431,7 +456,12 @@ class _Session:
         if isinstance(sink, Outcome):
             outcome = sink
         else:
-            outcome = _outcome(await self._guard(sink.complete()))
+            try:
+                outcome = _outcome(await sink.complete())
+            except Exception as error:
+                log.exception("%s: service provider failed", self.peer.address)
+                outcome = Outcome(Status.PROCESSING_FAILURE, str(error)[:64])
+                await self._guard(sink.discard())  # not stored: nothing may be left behind
         if outcome.status == Status.SUCCESS:
             self._stored += 1
         self._respond(
@@ -444,6 +474,8 @@ class _Session:
                 error_comment=outcome.comment,
             ),
         )
+        if self._outstanding.get(message.message_id) is message:
+            del self._outstanding[message.message_id]  # answered: the ID is free again
         await self.link.drain()
 
     async def _guard(self, call: Awaitable[_T]) -> _T | Outcome:

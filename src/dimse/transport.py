@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
+import time
 from dataclasses import dataclass
 
 from dimse.connection import Connection
 
-READ_SIZE = 1 << 20
+READ_SIZE = 1 << 18
+#: asyncio's StreamReader stops reading the socket at twice this: what a slow consumer
+#: leaves unread stays in the kernel's buffers, not in our memory.
+STREAM_LIMIT = 1 << 17
+
+log = logging.getLogger("dimse.transport")
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +25,8 @@ class Timeouts:
 
     `connect`: TCP connection set-up. `acse`: waiting for the A-ASSOCIATE answer,
     and the ARTIM timer (PS3.8 §9.1.5). `dimse`: waiting for a response to a
-    request. `idle`: an established association on which nothing arrives.
+    request. `idle`: an established association on which nothing arrives, and a peer
+    that reads nothing of what we send.
     """
 
     connect: float | None = 30.0
@@ -54,6 +62,8 @@ class Link:
         set_nodelay(writer)
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._artim: tuple[int, float] | None = None  # (which start, deadline) of ARTIM
+        self._dropped = False  # we dropped a peer that read nothing: read no more either
 
     def flush(self) -> None:
         """Hand what the connection wants to send to the socket; close if it is done."""
@@ -68,15 +78,38 @@ class Link:
         if not self.writer.is_closing():
             # A lost connection is reported by the read side, as Evt17.
             with contextlib.suppress(ConnectionError):
-                await self.writer.drain()
+                try:
+                    # asyncio.timeout, not wait_for: no task, no extra turn of the loop
+                    # per drain, in which more input would pile up in the reader.
+                    async with asyncio.timeout(self.timeouts.idle):
+                        await self.writer.drain()
+                except TimeoutError:
+                    # The peer reads nothing: what we send piles up, and a close would
+                    # wait for it forever. Drop the connection; the read side sees Evt17.
+                    log.warning(
+                        "%s: nothing written for %s s; dropped", self.peer, self.timeouts.idle
+                    )
+                    self._dropped = True
+                    self.writer.transport.abort()
 
     async def read(self) -> bytes:
-        """The next bytes from the peer; b"" at end of stream, reset or ARTIM expiry.
+        """The next bytes from the peer; b"" at end of stream or reset.
 
-        The wait is the ARTIM timeout while the timer runs, else the idle timeout:
-        the sans-I/O core keeps no clock of its own.
+        The wait is what is left of ARTIM while the timer runs, counted from its start
+        and not from the last bytes received, so a peer that drips a PDU byte by byte
+        cannot hold the connection (PS3.8 §9.1.5); else the idle timeout. TimeoutError
+        when it runs out: the sans-I/O core keeps no clock of its own.
         """
-        timeout = self.timeouts.acse if self.connection.artim_running else self.timeouts.idle
+        if self._dropped:
+            return b""  # what the peer sent before we dropped it is not read
+        timeout = self.timeouts.idle
+        if self.connection.artim_running:
+            timeout = self.timeouts.acse
+            if timeout is not None:
+                now, started = time.monotonic(), self.connection.artim_starts
+                if self._artim is None or self._artim[0] != started:
+                    self._artim = (started, now + timeout)
+                timeout = max(self._artim[1] - now, 0.0)
         try:
             return await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
         except ConnectionError:
@@ -85,5 +118,9 @@ class Link:
     async def close(self) -> None:
         if not self.writer.is_closing():
             self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):  # already gone
-            await self.writer.wait_closed()
+        try:
+            with contextlib.suppress(ConnectionError, OSError):  # already gone
+                # A close waits until all is written: bounded, for a peer that reads nothing.
+                await asyncio.wait_for(self.writer.wait_closed(), self.timeouts.acse)
+        except TimeoutError:
+            self.writer.transport.abort()
