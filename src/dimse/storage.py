@@ -16,7 +16,6 @@ import errno
 import logging
 import os
 import re
-import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -44,7 +43,7 @@ log = logging.getLogger("dimse.storage")
 
 TEMP_DIR = ".incoming"
 FILE_MODE = 0o640
-HEAD_SIZE = 256 * 1024  # bytes kept in memory to read a data set's header from
+HEAD_SIZE = 64 * 1024  # bytes kept in memory to read a data set's header from
 INDEX_FILE = "index.sqlite"
 _UNSAFE = re.compile(r"[^0-9A-Za-z.\-^ ]")
 _T = TypeVar("_T")
@@ -220,8 +219,9 @@ class FileSink:
             header = read_header(
                 self._head, self.size, self.request.transfer_syntax, self.temp_path
             )
-        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as error:
+        except Exception as error:  # pydicom's parse errors have no common base class
             # PS3.4 §B.2.3: Cxxx, the SCP cannot understand the data set.
+            log.warning("%s: unreadable data set: %r", self.request.peer.address, error)
             return Outcome(Status.CANNOT_UNDERSTAND, f"cannot parse data set: {error}"[:64])
         return self._validate(header) or Instance.from_header(
             header,
@@ -337,12 +337,12 @@ class StorageProvider(ServiceProvider):
             batch, self._waiting = self._waiting, []
             try:
                 results = await self._run(self._file_batch, [sink for sink, _ in batch])
-            except (OSError, sqlite3.Error) as error:
-                log.error("filing %d instance(s) failed: %s", len(batch), error)
+            except Exception as error:  # every waiter is answered, whatever went wrong
+                log.exception("filing %d instance(s) failed", len(batch))
                 failure = (
                     failure_for(error)
                     if isinstance(error, OSError)
-                    else Outcome(Status.PROCESSING_FAILURE, f"index: {error}"[:64])
+                    else Outcome(Status.PROCESSING_FAILURE, f"filing failed: {error}"[:64])
                 )
                 results = [(failure, None)] * len(batch)
             for (_, waiter), result in zip(batch, results, strict=True):
