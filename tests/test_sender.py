@@ -58,7 +58,8 @@ def _send(port: int, called_ae: str, folder: Path, **options: object) -> list[St
 
 def _check_all_arrived(results: list[StoreResult], received: dict[str, Path]) -> None:
     by_kind = {kind: [r for r in results if r.kind is kind] for kind in Kind}
-    assert [Path(r.source).name for r in by_kind[Kind.NOT_SENT]] == ["notes.txt"]
+    assert [Path(r.source).name for r in by_kind[Kind.SKIPPED]] == ["notes.txt"]
+    assert not by_kind[Kind.NOT_SENT] and not by_kind[Kind.FAILURE]
     assert len(by_kind[Kind.SUCCESS]) == len(SAMPLE_FILES)
     for source in SAMPLE_FILES:
         stored = received[open_dicom_file(source).sop_instance_uid]
@@ -275,10 +276,11 @@ def test_cli_report_and_exit_codes(folder: Path, processes: Processes, tmp_path:
     sent = run(
         dimse_command("store", "-aec", "DIMSE", "127.0.0.1", port, "-r", folder, "--report", report)
     )
-    assert sent.returncode == 1, sent.stdout + sent.stderr  # notes.txt is not DICOM
+    assert sent.returncode == 0, sent.stdout + sent.stderr  # notes.txt: skipped, noted
     lines = [json.loads(line) for line in report.read_text().splitlines()]
     assert len(lines) == len(SAMPLE_FILES) + 1
-    assert {line["result"] for line in lines} == {"success", "not sent"}
+    assert {line["result"] for line in lines} == {"success", "skipped"}
+    assert "notes.txt: skipped: not a DICOM file" in sent.stdout
     assert "stored" in sent.stdout.splitlines()[-1]
 
     only_dicom = run(dimse_command("store", "-aec", "DIMSE", "127.0.0.1", port, SAMPLE_FILES[0]))

@@ -49,6 +49,7 @@ class Kind(Enum):
     WARNING = "warning"
     FAILURE = "failure"
     NOT_SENT = "not sent"
+    SKIPPED = "skipped"  # not a DICOM file: noted, not a failure (storescu does the same)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,12 +231,14 @@ class Client:
             for path in find_files([source], recurse):
                 try:
                     added.append(CStoreRequest(open_dicom_file(path), callback))
-                except (NotDicomError, OSError) as error:
-                    reason = error.strerror if isinstance(error, OSError) else str(error)
-                    self._report(
-                        StoreResult(str(path), "", Kind.NOT_SENT, f"not sent: {reason}"),
-                        callback,
+                except NotDicomError as error:
+                    result = StoreResult(str(path), "", Kind.SKIPPED, f"skipped: {error}")
+                    self._report(result, callback)
+                except OSError as error:
+                    result = StoreResult(
+                        str(path), "", Kind.NOT_SENT, f"not sent: {error.strerror}"
                     )
+                    self._report(result, callback)
         self.requests += added
         return added
 
@@ -373,7 +376,7 @@ class Summary:
 
     @property
     def sent_bytes(self) -> int:
-        return sum(r.size for r in self.results if r.kind is not Kind.NOT_SENT)
+        return sum(r.size for r in self.results if r.kind not in (Kind.NOT_SENT, Kind.SKIPPED))
 
     def __str__(self) -> str:
         stored = self.count(Kind.SUCCESS) + self.count(Kind.WARNING)
@@ -381,6 +384,7 @@ class Summary:
         return (
             f"{len(self.results)} file(s): {stored} stored ({self.count(Kind.WARNING)} with "
             f"warnings), {self.count(Kind.FAILURE)} failed, {self.count(Kind.NOT_SENT)} not "
-            f"sent; {self.sent_bytes / 1e6:.1f} MB in {self.elapsed:.2f} s "
+            f"sent, {self.count(Kind.SKIPPED)} skipped (not DICOM); "
+            f"{self.sent_bytes / 1e6:.1f} MB in {self.elapsed:.2f} s "
             f"({stored / seconds:.0f} images/s, {self.sent_bytes / 1e6 / seconds:.1f} MB/s)"
         )
