@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import random
 import re
 import resource
 import shlex
@@ -899,3 +900,48 @@ def test_index_rebuild_and_check(processes: Processes, tmp_path: Path) -> None:
     assert after.returncode == 1
     assert f"indexed but missing: {gone.relative_to(root)}" in after.stdout
     assert "INCONSISTENT" in after.stdout
+
+
+# --- 12. SIGKILL at random points, repeatedly -------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_never_loses_an_acknowledged_instance(
+    processes: Processes, tmp_path: Path, large_files: list[Path]
+) -> None:
+    """Hardening: kill the archive at seeded random moments of a transfer, five times
+    on the same folder; after each restart nothing partial is at a final path and
+    every instance ever answered Success is there and indexed."""
+    root = tmp_path / "archive"
+    rng = random.Random(20261125)
+    sources = {header(p).sop: p for p in large_files}
+    acknowledged: set[str] = set()
+    for _ in range(5):
+        archive = serve(processes, root, "-q")
+        assert list((root / TEMP_DIR).iterdir()) == []  # start-up cleaned the last kill
+        client = processes.start(
+            [sys.executable, "-u", "-m", "dimse", "store", "-aec", "DIMSE", "--async-ops", "4",
+             HOST, str(archive.port), *large_files]
+        )  # fmt: skip
+        output = Output(client)
+        output.wait_for(lambda lines: any(": 0000 Success" in line for line in lines), 30)
+        time.sleep(rng.uniform(0.0, 1.5))
+        archive.process.send_signal(signal.SIGKILL)
+        archive.process.wait(10)
+        client.wait(60)
+        output.wait_closed()
+        for line in output.lines:
+            if line.endswith(": 0000 Success"):
+                acknowledged.add(header(Path(line.rsplit(": ", 1)[0])).sop)
+        rows = indexed(root)
+        for path in root.rglob("*.dcm"):
+            if TEMP_DIR in path.parts:
+                continue
+            source = sources[pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID]
+            assert dataset_bytes(path) == dataset_bytes(source), f"partial file {path}"
+        missing = acknowledged - set(rows)
+        assert not missing, f"answered Success but not indexed: {missing}"
+    assert acknowledged, "no instance was ever acknowledged: the kills came too early"
+    final = serve(processes, root, "-q")
+    assert list((root / TEMP_DIR).iterdir()) == []
+    assert final.stop() == 0
