@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import re
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -392,7 +393,13 @@ class StorageProvider(ServiceProvider):
             results.append((Outcome(Status.SUCCESS), filed[-1]))
         for folder in folders:
             fsync_dir(folder)
-        self.index.add_many(filed)
+        try:
+            self.index.add_many(filed)
+        except sqlite3.Error:
+            # Not indexed, so not acknowledged: take back what this round put in place.
+            for item in filed:
+                (self.root / item.path).unlink(missing_ok=True)
+            raise
         for old in replaced:
             old.unlink(missing_ok=True)
         return results
