@@ -703,6 +703,14 @@ class PDUReader:
             raise ProtocolError(f"{kind.name} PDU of {length} bytes exceeds the limit of {limit}")
         if len(buffer) < 6 + length:
             return None
-        body = memoryview(bytes(buffer[6 : 6 + length]))
-        del buffer[: 6 + length]
+        end = 6 + length
+        if len(buffer) - end <= length:
+            # Hand the PDU over in place and keep a copy of the shorter rest: a large
+            # P-DATA-TF is then never copied (the buffer is not resized while viewed).
+            self._buffer = buffer[end:]
+            body = memoryview(buffer)[6:end]
+        else:
+            with memoryview(buffer) as view:
+                body = memoryview(view[6:end].tobytes())
+            del buffer[:end]
         return _decode_body(kind, body)
