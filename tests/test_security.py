@@ -223,6 +223,15 @@ def test_dcmtk_storescu_over_tls(tmp_path: Path, tls_files: TLSFiles) -> None:
     assert len(stored_files(tmp_path / "archive")) == 1
 
 
+def _client_tls_options(files: TLSFiles) -> list[str | Path]:
+    return [
+        "--tls",
+        *("--tls-ca", files.ca),
+        *("--tls-cert", files.client_cert),
+        *("--tls-key", files.client_key),
+    ]
+
+
 def test_cli_tls_and_user_identity(
     processes: Processes, tmp_path: Path, tls_files: TLSFiles
 ) -> None:
@@ -257,16 +266,7 @@ def test_cli_tls_and_user_identity(
         ),
         port,
     )
-    client_tls = [
-        "--tls",
-        "--tls-ca",
-        tls_files.ca,
-        "--tls-cert",
-        tls_files.client_cert,
-        "--tls-key",
-        tls_files.client_key,
-    ]
-    base = ["-aec", "DIMSE", *client_tls, "127.0.0.1", port]
+    base = ["-aec", "DIMSE", *_client_tls_options(tls_files), "127.0.0.1", port]
     good = run(dimse_command("store", "+usr", "alice", "+pwd", "pa55word", *base, SAMPLE_FILES[0]))
     assert good.returncode == 0, good.stdout + good.stderr
     wrong = run(dimse_command("echo", "+usr", "alice", "+pwd", "guess", *base))
@@ -312,20 +312,7 @@ def test_dimse_store_to_dcmtk_storescp_over_tls(
         ],
         port,
     )
-    result = run(
-        dimse_command(
-            "store",
-            "--tls",
-            "--tls-ca",
-            tls_files.ca,
-            "--tls-cert",
-            tls_files.client_cert,
-            "--tls-key",
-            tls_files.client_key,
-            "127.0.0.1",
-            port,
-            SAMPLE_FILES[0],
-        )
-    )
+    options = _client_tls_options(tls_files)
+    result = run(dimse_command("store", *options, "127.0.0.1", port, SAMPLE_FILES[0]))
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(stored_files(out)) == 1
