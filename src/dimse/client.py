@@ -256,17 +256,17 @@ class ClientAssociation:
         with payload.path.open("rb", buffering=0) as fp:
             fp.seek(payload.dataset_offset)
             remaining = payload.dataset_size
-            buffer = bytearray(min(block, max(remaining, 1)))
             while True:
-                count = fp.readinto(buffer) if remaining else 0
-                remaining -= count
-                last = remaining <= 0 or count == 0
-                # PDVs carry even lengths (PS3.8 §9.3.5.1 via PS3.5 §7.1): an odd
-                # data set, e.g. a deflated stream (PS3.5 §A.5), gets a NUL pad.
-                pad = bytes(payload.dataset_size % 2) if last else b""
-                connection.send_data(context_id, bytes(buffer[:count]) + pad, last)
+                data = fp.read(min(block, remaining)) if remaining > 0 else b""
+                remaining -= len(data)
+                last = remaining <= 0 or not data
+                if last and payload.dataset_size % 2:
+                    # PDVs carry even lengths (PS3.8 §9.3.5.1 via PS3.5 §7.1): an odd
+                    # data set, e.g. a deflated stream (PS3.5 §A.5), gets a NUL pad.
+                    data += b"\0"
+                connection.send_data(context_id, data, last)
                 await self._link.drain()
-                if remaining <= 0 or count == 0:
+                if last:
                     break
         if remaining > 0:
             raise AssociationError(f"{payload.path} shrank while it was being sent")
