@@ -1,0 +1,1048 @@
+"""C-STORE benchmark: dimse against dcmtk and pynetdicom, over 127.0.0.1, in one run.
+
+Every sender/receiver pair sends the same generated data sets, three times, and
+the medians are compared with dcmtk's and pynetdicom's own pairs measured in the
+same run, so the ratios hold on any machine even when the absolute numbers do not.
+
+    python bench/run.py                    # full run (~5 min on 2 cores)
+    python bench/run.py --quick            # less data, 2 runs per pair (< 1 min)
+    python bench/run.py --dimse-ref HEAD   # dimse as committed, not src/ as it is
+    python bench/run.py --profile          # where dimse serve/store spend their time
+
+What a number means:
+- wall: from spawning the sender until it exits (start-up, file scanning,
+  association, every C-STORE answered, release). Each receiver answers Success
+  only after it has written the file (dimse and the pynetdicom SCP also fsync it;
+  storescp does not, and has no option to), so "+sync" times an os.sync() right
+  after the sender exits: what making storescp's files durable costs afterwards.
+- start: the sender starting and exiting with nothing to do (Python imports),
+  measured apart; "net img/s" is the count over (wall - start).
+- peak RSS and CPU: the kernel's accounting of each process (wait4 rusage), see
+  PeakRss for the one case where VmHWM samples stand in for it.
+- the "[no fsync]" pair runs dimse serve under libeatmydata: what durability costs.
+Results go to bench/results/<timestamp>.json; bench/plot.py charts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import multiprocessing
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+# Absolute paths: pynetdicom installs console scripts of the same names, and a
+# pyenv shim may shadow the Debian binaries on PATH.
+STORESCP = "/usr/bin/storescp"
+STORESCU = "/usr/bin/storescu"
+AE_TITLE = "BENCH"
+HOST = "127.0.0.1"
+MB = 1e6
+MIB = 1 << 20
+BASELINES = ("dcmtk", "pynetdicom")
+# A run during which other processes used more than this share of the CPUs is
+# "disturbed": measured again (--retries), and flagged when it still is.
+DISTURBED = 0.2
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+ROWS = COLUMNS = 512
+FRAME_BYTES = ROWS * COLUMNS * 2
+
+
+class BenchError(Exception):
+    """A benchmark step failed in a way that makes its numbers meaningless."""
+
+
+# --- what is measured --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A data set: `count` Explicit VR LE images of `frames` 512x512 16-bit frames."""
+
+    name: str
+    count: int
+    frames: int
+
+    @property
+    def sop_class(self) -> str:
+        return CT_IMAGE_STORAGE if self.frames == 1 else ENHANCED_CT_IMAGE_STORAGE
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A sender and a receiver; `key` names it in the JSON and the chart."""
+
+    key: str
+    sender: str  # dcmtk | dimse | pynetdicom
+    receiver: str  # dcmtk | dimse | pynetdicom
+    async_ops: int = 8
+    no_fsync: bool = False  # receiver under libeatmydata: a diagnostic, not a contender
+
+    @property
+    def label(self) -> str:
+        sender = f"dimse (async {self.async_ops})" if self.sender == "dimse" else self.sender
+        return f"{sender} -> {self.receiver}" + (" [no fsync]" if self.no_fsync else "")
+
+
+PAIRS = (
+    Pair("dcmtk", "dcmtk", "dcmtk"),
+    Pair("pynetdicom", "pynetdicom", "pynetdicom"),
+    Pair("dimse-async8", "dimse", "dimse", 8),
+    Pair("dimse-async1", "dimse", "dimse", 1),
+    Pair("dimse-to-dcmtk", "dimse", "dcmtk", 8),
+    Pair("dcmtk-to-dimse", "dcmtk", "dimse"),
+    # What durability costs dimse serve: the same, with every fsync a no-op.
+    Pair("dcmtk-to-dimse-nofsync", "dcmtk", "dimse", no_fsync=True),
+)
+# libeatmydata (Debian package eatmydata) turns fsync, fdatasync, sync_file_range and
+# O_SYNC into no-ops for a process it is preloaded into; the pair above needs it.
+EATMYDATA = "/usr/lib/x86_64-linux-gnu/libeatmydata.so"
+
+FULL = (Scenario("small", 500, 1), Scenario("large", 10, 96))
+QUICK = (Scenario("small", 30, 1), Scenario("large", 2, 8))
+
+
+# --- data ---------------------------------------------------------------------------
+
+
+def generate(scenario: Scenario, folder: Path) -> list[Path]:
+    """Write `scenario`'s images with pydicom: unique UIDs, one study, one series.
+
+    Pixel data is random (incompressible) and differs per image; no receiver
+    looks at it, but identical files could flatter a cache somewhere.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pool = os.urandom(FRAME_BYTES + 8192)
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for number in range(scenario.count):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = scenario.sop_class
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.PatientName, ds.PatientID = "BENCH^DIMSE", "BENCH-0001"
+        ds.StudyDate, ds.Modality, ds.Manufacturer = "20240101", "CT", "dimse bench"
+        ds.SeriesNumber, ds.InstanceNumber = 1, number + 1
+        ds.ImagePositionPatient = [0, 0, -number]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 1
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = ROWS, COLUMNS
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        if scenario.frames > 1:
+            ds.NumberOfFrames = scenario.frames
+        start = (number * 2) % 8192
+        frames = [
+            pool[(start + 2 * f) % 8192 : (start + 2 * f) % 8192 + FRAME_BYTES]
+            for f in range(scenario.frames)
+        ]
+        ds.PixelData = b"".join(frames)
+        path = folder / f"IM{number:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def dataset_start(path: Path) -> tuple[str, int]:
+    """The SOP instance UID of `path` and the offset where its data set begins."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    with path.open("rb") as fp:
+        read_preamble(fp, force=False)
+        meta = _read_file_meta_info(fp)
+        return str(meta.MediaStorageSOPInstanceUID), fp.tell()
+
+
+def same_dataset(sent: Path, received: Path) -> bool:
+    """Whether both files hold the same data set bytes after their (different) file meta.
+
+    Read in chunks: holding two 50 MB files would raise this process's peak RSS,
+    which children inherit in their wait4 accounting (see PeakRss).
+    """
+    with sent.open("rb") as a, received.open("rb") as b:
+        a.seek(dataset_start(sent)[1])
+        b.seek(dataset_start(received)[1])
+        while True:
+            chunk = a.read(1 << 20)
+            if chunk != b.read(1 << 20):
+                return False
+            if not chunk:
+                return True
+
+
+def received_files(folder: Path) -> Iterator[Path]:
+    """Every stored file under `folder`, at any depth, hidden folders (.incoming) skipped."""
+    for current, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.startswith("."):
+                yield Path(current) / name
+
+
+def is_dicom(path: Path) -> bool:
+    """A PS3.10 file: 128-byte preamble, then "DICM"."""
+    with path.open("rb") as fp:
+        return fp.read(132)[128:] == b"DICM"
+
+
+def verify(sent: Sequence[Path], folder: Path) -> list[str]:
+    """Check every instance arrived once, and two of them byte-for-byte (all receivers
+    are bit-preserving here, so the data set after the file meta must be identical).
+
+    Returns the other files the receiver keeps there (an index database, say): no
+    error, but recorded.
+    """
+    expected = {dataset_start(p)[0]: p for p in sent}
+    files = list(received_files(folder))
+    dicom = [p for p in files if is_dicom(p)]
+    others = sorted(str(p.relative_to(folder)) for p in set(files).difference(dicom))
+    if len(dicom) != len(sent):
+        raise BenchError(f"{len(dicom)} DICOM file(s) in {folder}, expected {len(sent)}")
+    seen: dict[str, Path] = {}
+    for path in dicom:
+        uid = dataset_start(path)[0]
+        if uid not in expected or uid in seen:
+            raise BenchError(f"{path}: unexpected or duplicate instance {uid}")
+        seen[uid] = path
+    for uid in (next(iter(expected)), list(expected)[-1]):
+        if not same_dataset(expected[uid], seen[uid]):
+            raise BenchError(f"{seen[uid]}: data set differs from what was sent")
+    return others
+
+
+# --- processes ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    """Whether something listens on `port`, read from /proc: probing with a connection
+    would make each SCP handle (and log) an aborted association."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def dcmtk_env() -> dict[str, str]:
+    """Debian's dcmtk leaves Nagle on unless told, then stalls on delayed ACKs."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def receiver_command(kind: str, port: int, out: Path) -> list[str]:
+    if kind == "dcmtk":
+        # +B bit-preserving, +xe prefer Explicit VR LE, -dhl no reverse DNS lookup.
+        return [STORESCP, "+B", "+xe", "-dhl", "-aet", AE_TITLE, "-od", str(out), str(port)]
+    if kind == "dimse":
+        return [
+            *(sys.executable, "-m", "dimse.cli", "serve", str(port)),
+            *("--bind", HOST, "-aet", AE_TITLE, "-od", str(out)),
+        ]
+    return [sys.executable, str(BENCH / "pynetdicom_scp.py"), str(port), str(out)]
+
+
+def sender_command(pair: Pair, port: int, data: Path) -> list[str]:
+    if pair.sender == "dcmtk":
+        return [STORESCU, "-aec", AE_TITLE, "+sd", "+r", HOST, str(port), str(data)]
+    if pair.sender == "dimse":
+        return [
+            *(sys.executable, "-m", "dimse.cli", "store", HOST, str(port), str(data)),
+            *("-r", "-aec", AE_TITLE, "--async-ops", str(pair.async_ops)),
+        ]
+    return [
+        *(sys.executable, str(BENCH / "pynetdicom_scu.py"), HOST, str(port), str(data)),
+        *("--called-ae", AE_TITLE),
+    ]
+
+
+def startup_command(sender: str) -> list[str]:
+    """The sender starting and exiting at once (imports included): a fixed cost that
+    every wall time contains, measured so that it can be told apart."""
+    if sender == "dcmtk":
+        return [STORESCU, "--version"]
+    if sender == "dimse":
+        return [sys.executable, "-m", "dimse.cli", "store", "--help"]
+    return [sys.executable, str(BENCH / "pynetdicom_scu.py"), "--help"]
+
+
+def startup_time(sender: str) -> float:
+    """How long the sender takes to start and exit, in s."""
+    started = time.perf_counter()
+    subprocess.run(startup_command(sender), stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - started
+
+
+def vm_hwm(pid: int | str) -> int:
+    """VmHWM (peak RSS) of a live process, in bytes; 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fp:
+            for line in fp:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class PeakRss:
+    """A child's peak RSS, from the kernel when its figure can be trusted.
+
+    wait4's ru_maxrss has one quirk: a child starts with a copy of (vforked: a share
+    in) its parent's memory map, and exec() keeps that map's high-water mark, so
+    ru_maxrss = max(the child's real peak, our peak when it was spawned). When it
+    exceeds our peak it is exact; otherwise the child's peak is the largest VmHWM
+    read from /proc/<pid>/status, sampled every 10 ms while it runs (VmHWM only
+    grows, so only growth in the last few ms before exit can be missed). Popen
+    returns once exec() has succeeded, so no sample sees the parent's image.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.parent_peak = vm_hwm("self")  # read after the fork: an upper bound
+        self.sampled = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.sampled = max(self.sampled, vm_hwm(self.pid))
+            self._stop.wait(0.01)
+
+    def finish(self, ru_maxrss_kib: int) -> tuple[int, str]:
+        """The peak in bytes and where it came from ("wait4" or "sampled")."""
+        self._stop.set()
+        self._thread.join()
+        kernel = ru_maxrss_kib * 1024
+        if kernel > self.parent_peak:
+            return kernel, "wait4"
+        return self.sampled, "sampled"
+
+
+@dataclass(frozen=True)
+class Exited:
+    """How a process ended, with the kernel's accounting of it."""
+
+    code: int
+    seconds: float
+    peak_rss: int  # bytes
+    rss_source: str
+    cpu: float  # user + system seconds
+
+
+@dataclass(frozen=True)
+class Running:
+    """A started process and the watch on its memory."""
+
+    process: subprocess.Popen[bytes]
+    peak: PeakRss
+
+
+def spawn(command: list[str], log: BinaryIO, env: dict[str, str] | None) -> Running:
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return Running(process, PeakRss(process.pid))
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_times() -> tuple[float, float]:
+    """CPU seconds the machine has spent busy (user, system, interrupts) and stolen
+    (a virtual machine's CPU time that the host gave to someone else)."""
+    user, nice, system, _, _, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used so far; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def wait_for_quiet(limit: float, threshold: float = 0.15) -> float:
+    """Wait up to `limit` s for the machine to be idle (another session's tests may share
+    it); returns the busy share of the last half second, 0..1."""
+    deadline = time.perf_counter() + limit
+    cpus = os.cpu_count() or 1
+    sample = 0.5 if limit > 0 else 0.1
+    while True:
+        before = cpu_times()[0]
+        time.sleep(sample)
+        share = (cpu_times()[0] - before) / (sample * cpus)
+        if share < threshold or time.perf_counter() >= deadline:
+            return share
+
+
+def dimse_reported_seconds(log: Path) -> float | None:
+    """The transfer time `dimse store` prints in its last line ("... in 3.81 s (..."):
+    association to release, without start-up and file scanning. None if not found."""
+    lines = log.read_text(errors="replace").splitlines()
+    found = re.search(r" in ([0-9.]+) s \(", lines[-1]) if lines else None
+    return float(found.group(1)) if found else None
+
+
+def has_exited(pid: int) -> bool:
+    """Whether a child has exited, without reaping it (wait4 must see it for rusage)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def reap(running: Running, timeout: float, started: float) -> Exited:
+    """wait4() the process (killing it after `timeout`) for its peak RSS and CPU time."""
+    process = running.process
+    watchdog = threading.Timer(timeout, process.kill)
+    watchdog.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        watchdog.cancel()
+    ended = time.perf_counter()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    peak, source = running.peak.finish(usage.ru_maxrss)
+    return Exited(
+        process.returncode, ended - started, peak, source, usage.ru_utime + usage.ru_stime
+    )
+
+
+def measure(
+    pair: Pair,
+    sent: Sequence[Path],
+    data: Path,
+    work: Path,
+    tag: str,
+    timeout: float,
+    quiet: float,
+) -> dict[str, Any]:
+    """One transfer of `data` from `pair.sender` to `pair.receiver`, checked afterwards.
+
+    Also records how much CPU the rest of the machine used meanwhile ("other_cpu":
+    busy time less what the two processes used; it includes kernel work the
+    transfer causes, such as loopback softirqs and writeback), and the share of CPU
+    time the hypervisor stole: a disturbed run shows in them.
+    """
+    out = work / f"out-{tag}"
+    out.mkdir()
+    port = free_port()
+    recv_env = dcmtk_env() if pair.receiver == "dcmtk" else None
+    if pair.no_fsync:
+        recv_env = {**(recv_env or os.environ), "LD_PRELOAD": EATMYDATA}
+    send_env = dcmtk_env() if pair.sender == "dcmtk" else None
+    with (
+        (work / f"{tag}.receiver.log").open("wb") as recv_log,
+        (work / f"{tag}.sender.log").open("wb") as send_log,
+    ):
+        receiver = spawn(receiver_command(pair.receiver, port, out), recv_log, recv_env)
+        recv_started = time.perf_counter()
+        deadline = recv_started + 30
+        while not listening(port):
+            if has_exited(receiver.process.pid) or time.perf_counter() > deadline:
+                receiver.process.kill()
+                reap(receiver, 10, recv_started)
+                shutil.rmtree(out)
+                raise BenchError(f"{pair.receiver} receiver did not start; see {recv_log.name}")
+            time.sleep(0.02)  # reading /proc/net/tcp costs ~10 ms of CPU here
+        busy_before_start = wait_for_quiet(quiet)
+        receiver_cpu = process_cpu(receiver.process.pid)
+        busy, steal = cpu_times()
+        started = time.perf_counter()
+        sender = spawn(sender_command(pair, port, data), send_log, send_env)
+        sent_result = reap(sender, timeout, started)
+        busy_after, steal_after = cpu_times()
+        busy, steal = busy_after - busy, steal_after - steal
+        receiver_cpu = process_cpu(receiver.process.pid) - receiver_cpu
+        other_cpu = max(0.0, busy - sent_result.cpu - receiver_cpu)
+        sync_started = time.perf_counter()
+        os.sync()
+        sync_seconds = time.perf_counter() - sync_started
+        receiver.process.send_signal(signal.SIGTERM)
+        recv_result = reap(receiver, 60, recv_started)
+    error, others = None, []
+    reported = dimse_reported_seconds(Path(send_log.name)) if pair.sender == "dimse" else None
+    try:
+        if sent_result.code != 0:
+            raise BenchError(f"sender exited with {sent_result.code}; see {send_log.name}")
+        others = verify(sent, out)
+    except BenchError as failure:
+        error = str(failure)
+    shutil.rmtree(out)
+    os.sync()  # leave no dirty pages behind for the next run to pay for
+    return {
+        "wall_s": sent_result.seconds,
+        "sync_s": sync_seconds,
+        "sender_rss": sent_result.peak_rss,
+        "receiver_rss": recv_result.peak_rss,
+        "sender_rss_from": sent_result.rss_source,
+        "receiver_rss_from": recv_result.rss_source,
+        "sender_cpu_s": sent_result.cpu,
+        "receiver_cpu_s": recv_result.cpu,
+        "sender_exit": sent_result.code,
+        "receiver_other_files": others,
+        "sender_reported_s": reported,
+        "busy_before_start": round(busy_before_start, 3),
+        "other_cpu_share": round(other_cpu / (sent_result.seconds * (os.cpu_count() or 1)), 3),
+        "steal_share": round(steal / (sent_result.seconds * (os.cpu_count() or 1)), 3),
+        "error": error,
+    }
+
+
+# --- summary ------------------------------------------------------------------------
+
+METRICS = (
+    *("wall_s", "sync_s", "sender_rss", "receiver_rss", "sender_cpu_s", "receiver_cpu_s"),
+    *("other_cpu_share", "steal_share"),
+)
+
+
+def summarize(
+    runs: list[dict[str, Any]],
+    scenarios: Sequence[Scenario],
+    sizes: dict[str, int],
+    pairs: Sequence[Pair],
+    startup: dict[str, float],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Medians per scenario and pair, then every number as a ratio to each baseline."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for scenario in scenarios:
+        table: dict[str, dict[str, Any]] = {}
+        for pair in pairs:
+            mine = [
+                r
+                for r in runs
+                if r["scenario"] == scenario.name
+                and r["pair"] == pair.key
+                and not r.get("superseded")
+            ]
+            good = [r for r in mine if r["error"] is None]
+            row: dict[str, Any] = {
+                "label": pair.label,
+                "runs": len(mine),
+                "failed_runs": len(mine) - len(good),
+                "disturbed_runs": sum(1 for r in good if r.get("disturbed")),
+            }
+            if good:
+                for metric in METRICS:
+                    row[metric] = statistics.median(r[metric] for r in good)
+                row["images_per_s"] = scenario.count / row["wall_s"]
+                row["mb_per_s"] = sizes[scenario.name] / MB / row["wall_s"]
+                row["durable_s"] = statistics.median(r["wall_s"] + r["sync_s"] for r in good)
+                row["cpu_s"] = statistics.median(
+                    r["sender_cpu_s"] + r["receiver_cpu_s"] for r in good
+                )
+                row["sender_startup_s"] = startup[pair.sender]
+                net = row["wall_s"] - startup[pair.sender]
+                if net > 0:
+                    row["net_images_per_s"] = scenario.count / net
+                reported = [r["sender_reported_s"] for r in good if r.get("sender_reported_s")]
+                if reported:
+                    row["sender_reported_s"] = statistics.median(reported)
+            table[pair.key] = row
+        for row in table.values():
+            for base in BASELINES:
+                reference = table[base]
+                if "wall_s" not in row or "wall_s" not in reference:
+                    continue
+                row[f"vs_{base}"] = {
+                    metric: row[metric] / reference[metric]
+                    for metric in (
+                        "wall_s",
+                        "durable_s",
+                        "images_per_s",
+                        "mb_per_s",
+                        "net_images_per_s",
+                        "cpu_s",
+                        "receiver_rss",
+                        "sender_rss",
+                        "receiver_cpu_s",
+                        "sender_cpu_s",
+                    )
+                    if metric in row and reference.get(metric, 0) > 0
+                }
+        summary[scenario.name] = table
+    return summary
+
+
+def _table(head: list[str], rows: list[list[str]], markdown: bool) -> list[str]:
+    """Columns right-aligned (the first left-aligned), as plain text or as Markdown."""
+    if markdown:
+        rule = ["---"] + ["---:"] * (len(head) - 1)
+        return ["| " + " | ".join(r) + " |" for r in (head, rule, *rows)]
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+    lines = []
+    for number, cells in enumerate((head, *rows)):
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ).rstrip()
+        )
+        if number == 0:
+            lines.append("-" * len(lines[-1]))
+    return lines
+
+
+def render(
+    summary: dict[str, dict[str, dict[str, Any]]],
+    scenarios: Sequence[dict[str, Any]],
+    markdown: bool = False,
+) -> str:
+    """Two tables per scenario: the medians, and the ratios to the baselines."""
+    lines = []
+    for scenario in scenarios:
+        size = scenario["bytes"] / MB
+        title = (
+            f"{scenario['name']}: {scenario['count']} x {size / scenario['count']:.1f} MB "
+            f"({size:.0f} MB), medians"
+        )
+        lines += ["", f"**{title}**" if markdown else title, ""]
+        head = [
+            *("pair", "wall s", "img/s", "MB/s", "start s", "net img/s", "+sync s"),
+            *("recv MiB", "send MiB", "recv CPU s", "send CPU s", "CPU ms/img"),
+            *("others %", "steal %"),
+        ]
+        rows = []
+        for row in summary[scenario["name"]].values():
+            if "wall_s" not in row:
+                rows.append([row["label"], f"all {row['runs']} run(s) failed"] + [""] * 12)
+                continue
+            notes = [
+                f"{row[key]} {word}"
+                for key, word in (("failed_runs", "failed"), ("disturbed_runs", "disturbed"))
+                if row.get(key)
+            ]
+            failed = f" ({', '.join(notes)})" if notes else ""
+            rows.append(
+                [
+                    row["label"] + failed,
+                    f"{row['wall_s']:.2f}",
+                    f"{row['images_per_s']:.1f}",
+                    f"{row['mb_per_s']:.1f}",
+                    f"{row['sender_startup_s']:.2f}",
+                    f"{row['net_images_per_s']:.1f}" if "net_images_per_s" in row else "-",
+                    f"{row['sync_s']:.2f}",
+                    f"{row['receiver_rss'] / MIB:.1f}",
+                    f"{row['sender_rss'] / MIB:.1f}",
+                    f"{row['receiver_cpu_s']:.2f}",
+                    f"{row['sender_cpu_s']:.2f}",
+                    f"{row['cpu_s'] * 1000 / scenario['count']:.1f}" if "cpu_s" in row else "-",
+                    f"{row['other_cpu_share'] * 100:.0f}" if "other_cpu_share" in row else "-",
+                    f"{row['steal_share'] * 100:.0f}" if "steal_share" in row else "-",
+                ]
+            )
+        lines += _table(head, rows, markdown)
+        lines.append("")
+        metrics = {
+            "images_per_s": "img/s",
+            "net_images_per_s": "net img/s",
+            "durable_s": "wall+sync",
+            "cpu_s": "CPU s (both)",
+            "receiver_rss": "recv RSS",
+            "sender_rss": "send RSS",
+        }
+        for base in BASELINES:
+            head = [f"ratio to {base}", *metrics.values()]
+            rows = []
+            for row in summary[scenario["name"]].values():
+                ratios = row.get(f"vs_{base}", {})
+                rows.append(
+                    [row["label"]] + [f"{ratios[m]:.2f}" if m in ratios else "-" for m in metrics]
+                )
+            lines += _table(head, rows, markdown)
+            lines.append("")
+    return "\n".join(lines)
+
+
+# --- machine facts ------------------------------------------------------------------
+
+
+def _output(command: Sequence[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (done.stdout or done.stderr).strip()
+
+
+def machine(work: Path, ref: str | None) -> dict[str, Any]:
+    """What the numbers depend on, recorded next to them."""
+    import pydicom
+    import pynetdicom
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
+    dcmtk = _output([STORESCP, "--version"]).splitlines()[0].strip("$ ").strip()
+    try:
+        from importlib.metadata import version
+
+        dimse_version = version("dimse")
+    except Exception:
+        dimse_version = "unknown"
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "ram_gib": round(mem_kib / (1 << 20), 1),
+        "kernel": platform.release(),
+        "os": _output(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "python": platform.python_version(),
+        "pydicom": pydicom.__version__,
+        "pynetdicom": pynetdicom.__version__,
+        "dcmtk": dcmtk,
+        "dcmtk_package": _output(["dpkg-query", "-W", "-f=${Version}", "dcmtk"]),
+        "dimse": dimse_version,
+        "dimse_commit": _output(["git", "-C", str(ROOT), "rev-parse", "--short", ref or "HEAD"]),
+        "dimse_src_modified": ref is None
+        and bool(_output(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"])),
+        "dimse_imported_from": _output(
+            [sys.executable, "-c", "import dimse; print(dimse.__file__)"]
+        ),
+        "filesystem": _output(["findmnt", "-n", "-o", "FSTYPE", "--target", str(work)]),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def snapshot(ref: str | None, work: Path) -> Path:
+    """A private copy of `src/dimse`, byte-compiled, for every dimse process to import.
+
+    A copy, because the package is installed editable and its sources may change
+    during a run; `ref` takes it from git (HEAD, a tag) instead of the work tree.
+    Byte-compiled, because with PYTHONDONTWRITEBYTECODE set (as on this project's
+    machines) an editable dimse would be compiled at each start, while pydicom and
+    pynetdicom, installed by pip, have their .pyc files.
+    """
+    target = work / "dimse-src"
+    if ref is None:
+        shutil.copytree(
+            ROOT / "src" / "dimse",
+            target / "src" / "dimse",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+    else:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", ref, "src/dimse"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(target, filter="data")
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(target / "src")], check=True)
+    return target / "src"
+
+
+def check_requirements() -> None:
+    """Fail early, with the fix, when a tool or package is missing."""
+    missing = [m for m in ("pydicom", "pynetdicom", "dimse") if not importlib.util.find_spec(m)]
+    if missing:
+        sys.exit(
+            f"missing Python packages: {', '.join(missing)}\n"
+            "  pip install -e . && pip install -r bench/requirements.txt"
+        )
+    tools = [t for t in (STORESCP, STORESCU) if not os.access(t, os.X_OK)]
+    if tools:
+        sys.exit(f"missing {', '.join(tools)}: apt-get install dcmtk")
+
+
+# --- profile ------------------------------------------------------------------------
+
+
+def profile(scenario: Scenario, work: Path, top: int) -> None:
+    """Run `dimse store` -> `dimse serve` once under cProfile, print where time goes.
+
+    bench/profile_dimse.py profiles worker threads too: `dimse serve` writes and
+    fsyncs in them, which the event loop thread only sees as waiting in select.
+    """
+    import pstats
+
+    data = work / "data" / scenario.name
+    generate(scenario, data)
+    out = work / "out-profile"
+    out.mkdir()
+    port = free_port()
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    serve_prof = RESULTS / f"{stamp}-serve.prof"
+    store_prof = RESULTS / f"{stamp}-store.prof"
+    launcher = [sys.executable, str(BENCH / "profile_dimse.py")]
+    receiver = receiver_command("dimse", port, out)[3:]  # without python -m dimse.cli
+    sender = sender_command(PAIRS[2], port, data)[3:]
+    serve = subprocess.Popen(
+        [*launcher, str(serve_prof), *receiver],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while not listening(port):
+        time.sleep(0.02)
+    started = time.perf_counter()
+    subprocess.run([*launcher, str(store_prof), *sender], stdout=subprocess.DEVNULL, check=True)
+    elapsed = time.perf_counter() - started
+    serve.send_signal(signal.SIGTERM)
+    serve.wait(60)
+    print(f"{scenario.count} images in {elapsed:.2f} s under cProfile ({' '.join(sender)})\n")
+    for title, path in (
+        ("dimse serve, event loop thread", serve_prof),
+        ("dimse serve, worker threads", Path(f"{serve_prof}.threads")),
+        ("dimse store, event loop thread", store_prof),
+        ("dimse store, worker threads", Path(f"{store_prof}.threads")),
+    ):
+        if not path.exists():
+            continue
+        stats = pstats.Stats(str(path)).strip_dirs()
+        for order in ("cumulative", "tottime"):
+            print(f"=== {title}: top {top} by {order} time ({path.name}) ===")
+            stats.sort_stats(order).print_stats(top)
+
+
+# --- main ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small data, for a smoke run")
+    parser.add_argument(
+        "--repeat", type=int, help="runs per pair, the median is reported (3; --quick: 2)"
+    )
+    parser.add_argument("--only", nargs="+", choices=[p.key for p in PAIRS], help="these pairs")
+    parser.add_argument("--timeout", type=float, default=300, help="per transfer, s (300)")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        metavar="N",
+        help="measure a run disturbed by other processes again, up to N times (2; --quick: 0)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        metavar="S",
+        help="before each transfer, wait up to S s for other CPU use to stop (10; --quick: 0)",
+    )
+    parser.add_argument("--workdir", type=Path, help="where to put data (a new temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the data and logs")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw bench/benchmark.png")
+    parser.add_argument("--profile", action="store_true", help="cProfile dimse serve/store")
+    parser.add_argument("--show", type=Path, metavar="JSON", help="print a results file's tables")
+    parser.add_argument("--markdown", action="store_true", help="--show them as Markdown")
+    parser.add_argument(
+        "--dimse-ref",
+        metavar="REF",
+        help="measure dimse as committed at this git ref (HEAD, a tag) instead of src/",
+    )
+    args = parser.parse_args(argv)
+    if args.show:
+        document = json.loads(args.show.read_text())
+        print(render(document["summary"], document["scenarios"], args.markdown))
+        return 0
+    check_requirements()
+
+    scenarios = QUICK if args.quick else FULL
+    if args.repeat is None:
+        args.repeat = 2 if args.quick else 3
+    if args.wait_quiet is None:
+        args.wait_quiet = 0 if args.quick else 10
+    if args.retries is None:
+        args.retries = 0 if args.quick else 2
+    work = Path(tempfile.mkdtemp(prefix="dimse-bench-", dir=args.workdir))
+    try:
+        # Every child inherits it; PYTHONPATH comes before the editable install.
+        os.environ["PYTHONPATH"] = str(snapshot(args.dimse_ref, work))
+        if args.profile:
+            profile(scenarios[0], work, 15)
+            return 0
+        return run(args, scenarios, work)
+    finally:
+        if args.keep:
+            print(f"data and logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, scenarios: Sequence[Scenario], work: Path) -> int:
+    pairs = [p for p in PAIRS if not args.only or p.key in args.only or p.key in BASELINES]
+    if not os.path.exists(EATMYDATA):
+        print(f"skipping the [no fsync] pair: no {EATMYDATA} (apt-get install eatmydata)")
+        pairs = [p for p in pairs if not p.no_fsync]
+    began = time.time()
+    facts = machine(work, args.dimse_ref)
+    print(
+        f"{facts['cpus']} CPUs ({facts['cpu_model']}), {facts['ram_gib']} GiB, "
+        f"Python {facts['python']}, {facts['dcmtk']}, pynetdicom {facts['pynetdicom']}, "
+        f"dimse {facts['dimse']} ({facts['dimse_commit']}"
+        f"{', src modified' if facts['dimse_src_modified'] else ''}, "
+        f"from {facts['dimse_imported_from']}); data in {work}"
+    )
+    if os.getloadavg()[0] > 1.0:
+        print(
+            f"warning: load average {os.getloadavg()[0]:.1f}: something else is running, "
+            "so the numbers will be noisy"
+        )
+    sent: dict[str, list[Path]] = {}
+    sizes: dict[str, int] = {}
+    clock = time.perf_counter()
+    # In child processes, so that this one stays small (see PeakRss).
+    fork = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=len(scenarios), mp_context=fork) as pool:
+        jobs = {s.name: pool.submit(generate, s, work / "data" / s.name) for s in scenarios}
+        for scenario in scenarios:
+            sent[scenario.name] = jobs[scenario.name].result()
+            sizes[scenario.name] = sum(p.stat().st_size for p in sent[scenario.name])
+            print(
+                f"generated {scenario.name}: {scenario.count} files, "
+                f"{sizes[scenario.name] / MB:.0f} MB ({time.perf_counter() - clock:.1f} s)"
+            )
+    os.sync()
+    senders = list(dict.fromkeys(p.sender for p in pairs))
+    for sender in senders:
+        startup_time(sender)  # warm-up: the first start reads everything from disk
+    startups: dict[str, list[float]] = {sender: [] for sender in senders}
+
+    runs: list[dict[str, Any]] = []
+
+    def once(scenario: Scenario, pair: Pair, repetition: int, attempt: int) -> dict[str, Any]:
+        tag = f"{scenario.name}-{pair.key}-{repetition}-{attempt}"
+        try:
+            result = measure(
+                pair,
+                sent[scenario.name],
+                work / "data" / scenario.name,
+                work,
+                tag,
+                args.timeout,
+                args.wait_quiet,
+            )
+        except BenchError as failure:
+            result = {"wall_s": float("nan"), "error": str(failure)}
+        result |= {
+            "scenario": scenario.name,
+            "pair": pair.key,
+            "repetition": repetition,
+            "attempt": attempt,
+            "disturbed": result.get("other_cpu_share", 0) > DISTURBED,
+            "superseded": False,
+        }
+        runs.append(result)
+        status = f"FAILED: {result['error']}" if result["error"] else "ok"
+        if result["disturbed"]:
+            status += f" (disturbed: others used {result['other_cpu_share']:.0%} of the CPUs)"
+        print(
+            f"  [{repetition + 1}/{args.repeat}] {scenario.name:<6} {pair.label:<28}"
+            f"{result['wall_s']:7.2f} s  {status}",
+            flush=True,
+        )
+        return result
+
+    # Repetition is the outer loop so that a slow spell of the machine hits every pair.
+    for repetition in range(args.repeat):
+        for sender in senders:
+            startups[sender].append(startup_time(sender))
+        for scenario in scenarios:
+            for pair in pairs:
+                once(scenario, pair, repetition, 0)
+    # Runs that other processes disturbed are measured again, a limited number of times.
+    for attempt in range(1, args.retries + 1):
+        again = [r for r in runs if r["disturbed"] and not r["superseded"]]
+        if again:
+            print(f"measuring {len(again)} disturbed run(s) again")
+        for old in again:
+            old["superseded"] = True
+            scenario = next(s for s in scenarios if s.name == old["scenario"])
+            pair = next(p for p in pairs if p.key == old["pair"])
+            once(scenario, pair, old["repetition"], attempt)
+
+    startup = {sender: statistics.median(times) for sender, times in startups.items()}
+    print("sender start-up: " + ", ".join(f"{k} {v:.2f} s" for k, v in startup.items()))
+    summary = summarize(runs, scenarios, sizes, pairs, startup)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(began))
+    path = RESULTS / f"{stamp}{'-quick' if args.quick else ''}.json"
+    document = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(began)),
+        "duration_s": round(time.time() - began, 1),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "quick": args.quick,
+        "repeat": args.repeat,
+        "machine": facts,
+        "scenarios": [
+            asdict(s) | {"bytes": sizes[s.name], "sop_class": s.sop_class} for s in scenarios
+        ],
+        "pairs": [asdict(p) | {"label": p.label} for p in pairs],
+        "commands": {
+            p.key: {
+                "receiver": receiver_command(p.receiver, 0, Path("OUT")),
+                "sender": sender_command(p, 0, Path("DATA")),
+                "sender_startup": startup_command(p.sender),
+            }
+            for p in pairs
+        },
+        "sender_startup_s": startup,
+        "sender_startup_samples_s": startups,
+        "runs": runs,
+        "summary": summary,
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(render(summary, document["scenarios"]))
+    print(f"\nresults: {path.relative_to(ROOT)} ({document['duration_s']:.0f} s)")
+    if not args.no_plot:
+        if importlib.util.find_spec("matplotlib") is None:
+            print("no chart: matplotlib is missing (pip install -r bench/requirements.txt)")
+        else:
+            from plot import plot  # bench/ is on sys.path when run as a script
+
+            # The chart the docs show is a full run's; a quick one goes next to its JSON.
+            chart = path.with_suffix(".png") if args.quick else BENCH / "benchmark.png"
+            print(f"chart: {plot(path, chart).relative_to(ROOT)}")
+    return 1 if any(r["error"] for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
