@@ -12,8 +12,12 @@ from dimse.client import (
     NoAcceptedContextError,
     RawDataSet,
     connect,
+    contexts_for,
+    default_contexts,
 )
+from dimse.files import DicomFile, NotDicomError, open_dicom_file
 from dimse.negotiation import ProposedContext
+from dimse.sender import Client, CStoreRequest, StoreResult
 from dimse.server import DataSetSink, Outcome, Peer, Server, ServerOptions, ServiceProvider
 from dimse.status import Status
 from dimse.storage import StorageProvider
@@ -24,9 +28,13 @@ __version__ = "0.1.0"
 __all__ = [
     "AssociationError",
     "AssociationRejectedError",
+    "CStoreRequest",
+    "Client",
     "ClientAssociation",
     "DataSetSink",
+    "DicomFile",
     "NoAcceptedContextError",
+    "NotDicomError",
     "Outcome",
     "Peer",
     "ProposedContext",
@@ -36,6 +44,10 @@ __all__ = [
     "ServiceProvider",
     "Status",
     "StorageProvider",
+    "StoreResult",
     "Timeouts",
     "connect",
+    "contexts_for",
+    "default_contexts",
+    "open_dicom_file",
 ]
