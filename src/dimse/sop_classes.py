@@ -39,9 +39,3 @@ ALL_TRANSFER_SYNTAXES: tuple[UID, ...] = (
     *(UID(ts) for ts in AllTransferSyntaxes if ts not in NATIVE_TRANSFER_SYNTAXES),
 )
 
-
-def is_storage_sop_class(uid: str) -> bool:
-    return uid in _STORAGE_SET
-
-
-_STORAGE_SET = frozenset(STORAGE_SOP_CLASSES)
