@@ -307,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run for each study an association brought, when it ends; #p study folder",
     )
     serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="processes serving the port together (SO_REUSEPORT), to use several cores (1)",
+    )
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument(
         "--max-associations-per-ae",
         type=_count,
         default=0,
@@ -517,6 +524,7 @@ async def _serve(args: argparse.Namespace) -> int:
             if args.exec_on_reception
             else [],
             on_study=[on_study(args.exec_on_study, runner)] if args.exec_on_study else [],
+            clean_temp=not args.worker,
         )
     except (OSError, sqlite3.Error) as error:
         raise UsageError(f"dimse serve: cannot open {args.output_directory}: {error}") from None
@@ -532,6 +540,7 @@ async def _serve(args: argparse.Namespace) -> int:
         ssl_context=_server_tls(args),
         identity=_users_file(args),
         require_identity=args.require_identity,
+        reuse_port=args.workers > 1 or args.worker,
     )
     server = Server(provider, args.bind, port, options)
     try:
@@ -544,17 +553,39 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    workers = [] if args.worker else await _start_workers(args)
     print(
         f"dimse serve: {args.ae_title} listening on {args.bind}:{server.port}, "
-        f"archive {args.output_directory} ({provider.index.count()} instances)",
+        f"archive {args.output_directory} ({provider.index.count()} instances"
+        f"{f', {args.workers} processes' if workers else ''})",
         flush=True,
     )
     await stop.wait()
     log.info("shutting down: no new associations, %.0f s for running ones", args.shutdown_grace)
+    for worker in workers:
+        if worker.returncode is None:
+            worker.terminate()  # each finishes its own associations, as this one does
     await server.close(args.shutdown_grace)
+    for worker in workers:
+        await worker.wait()
     await runner.wait()
     provider.close()
     return EXIT_OK
+
+
+async def _start_workers(args: argparse.Namespace) -> list[asyncio.subprocess.Process]:
+    """`--workers N`: N - 1 more processes on the same port and archive.
+
+    The kernel spreads new connections over the processes (SO_REUSEPORT), so the
+    archive uses several cores; limits such as --max-associations are per process.
+    """
+    if args.workers == 1:
+        return []
+    argv = [*args.argv, "--worker", "-q"]
+    return [
+        await asyncio.create_subprocess_exec(sys.executable, "-m", "dimse", *argv)
+        for _ in range(args.workers - 1)
+    ]
 
 
 def _server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -711,7 +742,9 @@ def _with_config(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(_with_config(list(sys.argv[1:] if argv is None else argv)))
+        arguments = list(sys.argv[1:] if argv is None else argv)
+        args = build_parser().parse_args(_with_config(arguments))
+        args.argv = arguments
         _configure_logging(args)
         commands = {
             "echo": _echo,

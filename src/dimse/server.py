@@ -131,6 +131,7 @@ class ServerOptions:
     max_dataset_size: int = 1 << 32  # bytes; beyond it a C-STORE fails with A700
     timeouts: Timeouts = field(default_factory=Timeouts)
     ssl_context: ssl.SSLContext | None = None
+    reuse_port: bool = False  # SO_REUSEPORT: several processes share the port
     identity: IdentityVerifier | None = None  # checks user identities (PS3.7 D.3.3.7)
     require_identity: bool = False  # reject requestors that send none
 
@@ -188,6 +189,7 @@ class Server:
             ssl=self.options.ssl_context,
             limit=STREAM_LIMIT,
             reuse_address=True,
+            reuse_port=self.options.reuse_port or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("listening on %s:%d as %s", self.host, self.port, self.options.ae_title)

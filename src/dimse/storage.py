@@ -266,6 +266,7 @@ class StorageProvider(ServiceProvider):
         on_stored: Iterable[StoredHook] = (),
         on_study: Iterable[StudyHook] = (),
         durable_index: bool = True,
+        clean_temp: bool = True,
     ) -> None:
         self.root = Path(root)
         self.layout = layout
@@ -274,7 +275,8 @@ class StorageProvider(ServiceProvider):
         self.on_stored = list(on_stored)
         self.on_study = list(on_study)
         (self.root / TEMP_DIR).mkdir(parents=True, exist_ok=True)
-        self._clean_temp()
+        if clean_temp:  # not in a second process serving the same archive
+            self._clean_temp()
         self.index = Index(self.root / INDEX_FILE, durable=durable_index)
         # One thread files and indexes, so duplicate checks and renames never race.
         self._filer = ThreadPoolExecutor(1, thread_name_prefix="dimse-archive")
