@@ -13,7 +13,7 @@ from conftest import SAMPLE_FILES, stored_files
 from dimse.client import contexts_for
 from dimse.files import open_dicom_file
 from dimse.index import Instance
-from dimse.storage import Layout, StorageProvider, safe_name
+from dimse.storage import AllowRule, Layout, StorageProvider, safe_name
 
 HOSTILE = ["../../etc/passwd", "/abs/path", "..", ".", "", "a/b\\c", "x\0y", "  ", "~root", "C:\\x"]
 
@@ -67,3 +67,12 @@ def test_stored_files_are_not_world_readable(tmp_path: Path) -> None:
     assert asyncio.run(store()) == 0
     (stored,) = stored_files(tmp_path).values()
     assert stored.stat().st_mode & 0o777 == 0o640
+
+
+def test_allow_rules_match_ipv4_on_a_dual_stack_socket() -> None:
+    rule = AllowRule.parse("CT1@127.0.0.1")
+    assert rule.admits("CT1", "127.0.0.1:40000")
+    assert rule.admits("CT1 ", "::ffff:127.0.0.1:40000")
+    assert not rule.admits("CT1", "10.0.0.1:40000")
+    assert not rule.admits("CT2", "127.0.0.1:40000")
+    assert AllowRule.parse("CT1").admits("CT1", "::1:5000")

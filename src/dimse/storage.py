@@ -102,7 +102,7 @@ class AllowRule:
         return cls(ae_title.strip(), address.strip() or None)
 
     def admits(self, ae_title: str, address: str) -> bool:
-        host = address.rsplit(":", 1)[0]
+        host = address.rsplit(":", 1)[0].removeprefix("::ffff:")  # IPv4 on a dual stack
         return ae_title.strip() == self.ae_title and self.address in (None, host)
 
 
