@@ -50,6 +50,7 @@ from dimse.pdu import (
 )
 from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES
 from dimse.transport import DEFAULT_TIMEOUTS, STREAM_LIMIT, Link, Timeouts
+from dimse.upper_layer import State
 
 log = logging.getLogger("dimse.client")
 
@@ -273,7 +274,7 @@ class ClientAssociation:
 
     async def _read_loop(self) -> None:
         connection = self._link.connection
-        while connection.state.name != "STA1":
+        while connection.state is not State.STA1:
             try:
                 data = await self._link.read()
             except TimeoutError:
@@ -510,7 +511,7 @@ async def _open(
         connection.abort()
         raise AssociationError("no answer to the association request in time") from None
     finally:
-        if connection.state.name != "STA6":
+        if connection.state is not State.STA6:
             link.flush()
             await link.close()
 

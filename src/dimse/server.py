@@ -42,6 +42,7 @@ from dimse.pdu import (
 from dimse.sop_classes import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION
 from dimse.status import Status
 from dimse.transport import STREAM_LIMIT, Link, Timeouts
+from dimse.upper_layer import State
 
 log = logging.getLogger("dimse.server")
 
@@ -271,7 +272,6 @@ class _Session:
                     log.warning("%s: ARTIM expired; closing", self.peer.address)
                     self.connection.artim_expired()
                 else:
-                    log.warning("%s: idle timeout; aborting", self.peer.address)
                     self.abort("idle timeout")
                 self.link.flush()
                 continue
@@ -416,8 +416,7 @@ class _Session:
             log.warning("%s: unsupported command 0x%04X", self.peer.address, message.command_field)
             self._respond(event.context_id, message.unrecognized())
         else:
-            log.error("%s: unexpected %s; aborting", self.peer.address, type(message).__name__)
-            self.abort("unexpected DIMSE message")
+            self.abort(f"unexpected {type(message).__name__}")
 
     async def _data(self, event: ev.DataReceived) -> None:
         if self._receiving is None:
@@ -488,7 +487,7 @@ class _Session:
             return Outcome(Status.PROCESSING_FAILURE, str(error)[:64])
 
     def _respond(self, context_id: int, message: Message) -> None:
-        if self.connection.state.name in ("STA6", "STA8"):
+        if self.connection.state in (State.STA6, State.STA8):  # may send P-DATA
             self.connection.send_message(context_id, message)
             self.link.flush()
 
@@ -500,6 +499,8 @@ class _Session:
                 await sink.discard()
 
     def abort(self, reason: str) -> None:
+        """A-ABORT (PS3.8 §7.3.1, service user), with the reason in the log."""
+        log.warning("%s: %s: aborting (%s)", self.peer.address, self.peer.calling_ae, reason)
         self.connection.abort()
         self.link.flush()
         self.link.writer.close()
