@@ -38,4 +38,3 @@ ALL_TRANSFER_SYNTAXES: tuple[UID, ...] = (
     *NATIVE_TRANSFER_SYNTAXES,
     *(UID(ts) for ts in AllTransferSyntaxes if ts not in NATIVE_TRANSFER_SYNTAXES),
 )
-
