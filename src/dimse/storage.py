@@ -278,6 +278,8 @@ class StorageProvider(ServiceProvider):
         if clean_temp:  # not in a second process serving the same archive
             self._clean_temp()
         self.index = Index(self.root / INDEX_FILE, durable=durable_index)
+        # The event loop's own connection, for look-ups (WAL readers never wait).
+        self._lookup = Index(self.root / INDEX_FILE, durable=durable_index)
         # One thread files and indexes, so duplicate checks and renames never race.
         self._filer = ThreadPoolExecutor(1, thread_name_prefix="dimse-archive")
         self._studies: dict[str, dict[str, Path]] = {}
@@ -292,6 +294,7 @@ class StorageProvider(ServiceProvider):
     def close(self) -> None:
         self._filer.shutdown(wait=True)
         self.index.close()
+        self._lookup.close()
 
     async def on_association(self, request: AAssociateRQ, address: str) -> AAssociateRJ | None:
         if self.allow is not None and not any(
@@ -306,6 +309,15 @@ class StorageProvider(ServiceProvider):
         return None
 
     async def on_store(self, request: StoreRequest) -> FileSink | Outcome:
+        uid = request.message.affected_sop_instance_uid
+        if self.duplicates is not DuplicatePolicy.OVERWRITE and self._lookup.get(uid):
+            # Already stored: answer without receiving it into a file (the data set
+            # still arrives and is dropped). The filing round checks again for copies
+            # that arrive together.
+            if self.duplicates is DuplicatePolicy.REJECT:
+                return Outcome(Status.DUPLICATE_SOP_INSTANCE, "already stored")
+            log.info("%s: already stored, kept the first copy", uid)
+            return Outcome(Status.SUCCESS)
         try:
             return FileSink(self, request)
         except OSError as error:
