@@ -136,24 +136,30 @@ def failure_for(error: OSError) -> Outcome:
     return Outcome(Status.OUT_OF_RESOURCES, f"cannot write: {error.strerror}"[:64])
 
 
+#: The index and the checks read nothing past group 0020 (Relationship: study,
+#: series and instance numbers); the header is parsed up to there only.
+LAST_HEADER_TAG = 0x0020FFFF
+_past = int.__gt__  # C-level: pydicom's BaseTag compares in Python
+
+
 def read_header(head: bytes | bytearray, size: int, transfer_syntax: str, path: Path) -> Dataset:
-    """The data set's attributes up to its pixel data, parsed from its first bytes.
+    """The data set's attributes up to group 0020, parsed from its first bytes.
 
     Parsing from memory matters: pydicom asks a file for its position at every
-    element, one system call each. The file is read only when the header does
-    not fit in `head` or the data set is deflated.
+    element, one system call each. The file is read only when those attributes
+    do not fit in `head` or the data set is deflated.
     """
     syntax = UID(transfer_syntax)
     if not syntax.is_deflated:
         stopped = False
 
-        def at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
+        def past_header(tag: BaseTag, vr: str | None, length: int) -> bool:
             nonlocal stopped
-            stopped = bool(tag >= 0x7FE00010)
+            stopped = _past(tag, LAST_HEADER_TAG)
             return stopped
 
         header = read_dataset(
-            BytesIO(head), syntax.is_implicit_VR, syntax.is_little_endian, stop_when=at_pixels
+            BytesIO(head), syntax.is_implicit_VR, syntax.is_little_endian, stop_when=past_header
         )
         if stopped or len(head) >= size:
             return header
