@@ -297,3 +297,23 @@ def test_cli_report_and_exit_codes(folder: Path, processes: Processes, tmp_path:
     echo = run(dimse_command("echo", "-aec", "DIMSE", "127.0.0.1", port, "-r", "2"))
     assert echo.returncode == 0
     assert echo.stdout.count("0000 Success") == 2 and " ms)" in echo.stdout
+
+
+def test_a_data_set_without_file_meta_is_sent_encoded(tmp_path: Path) -> None:
+    ds = _instance("1.2.840.10008.5.1.4.1.1.7", generate_uid())
+    del ds.file_meta
+
+    async def scenario() -> list[StoreResult]:
+        provider = StorageProvider(tmp_path / "archive")
+        try:
+            async with dimse.Server(provider, "127.0.0.1", 0) as server:
+                client = Client("127.0.0.1", server.port, called_ae="DIMSE")
+                (request,) = client.add_request(ds)
+                assert request.transfer_syntax == ExplicitVRLittleEndian
+                return await client.send()
+        finally:
+            provider.close()
+
+    assert [r.kind for r in asyncio.run(scenario())] == [Kind.SUCCESS]
+    (stored,) = stored_files(tmp_path / "archive").values()
+    assert pydicom.dcmread(stored).SOPInstanceUID == ds.SOPInstanceUID

@@ -105,7 +105,8 @@ class CStoreRequest:
         if isinstance(self.source, DicomFile):
             return self.source.transfer_syntax
         meta = getattr(self.source, "file_meta", None)
-        return str(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian) if meta else "")
+        syntax = meta.get("TransferSyntaxUID") if meta else None
+        return str(syntax or ExplicitVRLittleEndian)  # an in-memory data set is encoded
 
     @property
     def label(self) -> str:
