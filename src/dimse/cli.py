@@ -12,6 +12,7 @@ import contextlib
 import getpass
 import json
 import logging
+import re
 import signal
 import sqlite3
 import ssl
@@ -23,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from pydicom._uid_dict import UID_dictionary
-from pydicom.uid import UID
 
-from dimse import tls
+from dimse import __version__, tls
 from dimse.client import AssociationError, connect, default_contexts
 from dimse.hooks import CommandRunner, on_reception, on_study
 from dimse.identity import UsersFile, add_user
@@ -101,9 +101,12 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+_UID_SYNTAX = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
+
+
 def _uid(value: str) -> str:
     """A UID, or the keyword pydicom's registry knows it by (CTImageStorage...)."""
-    if UID(value).is_valid:
+    if len(value) <= 64 and _UID_SYNTAX.fullmatch(value):  # PS3.5 §9.1
         return value
     found = next((uid for uid, entry in UID_dictionary.items() if entry[4] == value), None)
     if found is None:
@@ -176,6 +179,7 @@ def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dimse", description="DICOM C-ECHO / C-STORE, client and archive")
+    parser.add_argument("--version", action="version", version=f"dimse {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     echo = commands.add_parser("echo", help="C-ECHO an SCP (verification)", prefix_chars="-+")

@@ -1,0 +1,50 @@
+"""Bad usage of the `dimse` command: one line on stderr and exit code 2, never a trace."""
+
+from __future__ import annotations
+
+import pytest
+
+from dimse import __version__
+from dimse.cli import _uid, main
+
+BAD_USAGE = [
+    [],
+    ["frobnicate"],
+    ["echo", "127.0.0.1"],
+    ["echo", "127.0.0.1", "99999"],
+    ["echo", "-aet", "A_TITLE_LONGER_THAN_16", "127.0.0.1", "104"],
+    ["store", "127.0.0.1", "104", "/no/such/file.dcm"],
+    ["store", "--async-ops", "0", "127.0.0.1", "104", "x"],
+    ["store", "--propose", "jpeg", "127.0.0.1", "104", "x"],
+    ["serve", "--layout", "spiral"],
+    ["serve", "-pdu", "100"],
+    ["serve", "--require-identity"],
+    ["serve", "--tls-key", "key.pem"],
+    ["serve", "--accept-sop-class", "NotAKeyword"],
+    ["serve", "--config", "/no/such/config.toml"],
+    ["index", "check", "-od", "/no/such/archive"],
+    ["ls", "-od", "/no/such/archive"],
+    ["echo", "--password", "secret", "127.0.0.1", "104"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_USAGE, ids=" ".join)
+def test_bad_usage_is_one_line_and_exit_2(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.strip() == f"dimse {__version__}"
+
+
+def test_keywords_name_sop_classes() -> None:
+    assert _uid("CTImageStorage") == "1.2.840.10008.5.1.4.1.1.2"
+    assert _uid("1.2.840.10008.5.1.4.1.1.2") == "1.2.840.10008.5.1.4.1.1.2"
