@@ -319,9 +319,7 @@ class Client:
         label, uid, size = request.label, request.sop_instance_uid, request.size
         try:
             response = await assoc.store(request.source)
-        except NoAcceptedContextError as error:
-            return StoreResult(label, uid, Kind.NOT_SENT, f"not sent: {error}", size=size)
-        except (OSError, NotDicomError, ValueError) as error:
+        except (NoAcceptedContextError, OSError, NotDicomError, ValueError) as error:
             return StoreResult(label, uid, Kind.NOT_SENT, f"not sent: {error}", size=size)
         kind = {
             Category.SUCCESS: Kind.SUCCESS,

@@ -315,20 +315,27 @@ class StorageProvider(ServiceProvider):
         return None
 
     async def on_store(self, request: StoreRequest) -> FileSink | Outcome:
+        # Already stored: answered without receiving it into a file (the data set still
+        # arrives and is dropped). The filing round asks again, for copies that arrive
+        # together.
         uid = request.message.affected_sop_instance_uid
-        if self.duplicates is not DuplicatePolicy.OVERWRITE and self._lookup.get(uid):
-            # Already stored: answer without receiving it into a file (the data set
-            # still arrives and is dropped). The filing round checks again for copies
-            # that arrive together.
-            if self.duplicates is DuplicatePolicy.REJECT:
-                return Outcome(Status.DUPLICATE_SOP_INSTANCE, "already stored")
-            log.info("%s: already stored, kept the first copy", uid)
-            return Outcome(Status.SUCCESS)
+        duplicate = self._duplicate(uid, self._lookup.get(uid) is not None)
+        if duplicate is not None:
+            return duplicate
         try:
             return FileSink(self, request)
         except OSError as error:
             log.error("cannot store: %s", error)
             return failure_for(error)
+
+    def _duplicate(self, uid: str, stored: bool) -> Outcome | None:
+        """The answer to a copy of a stored instance, or None to store it (overwrite)."""
+        if not stored or self.duplicates is DuplicatePolicy.OVERWRITE:
+            return None
+        if self.duplicates is DuplicatePolicy.REJECT:
+            return Outcome(Status.DUPLICATE_SOP_INSTANCE, "already stored")
+        log.info("%s: already stored, kept the first copy", uid)
+        return Outcome(Status.SUCCESS)
 
     async def file(self, sink: FileSink) -> Outcome:
         """File a complete data set in the next filing round, then run the hooks."""
@@ -389,12 +396,9 @@ class StorageProvider(ServiceProvider):
                 continue
             temp, uid = sink.temp_path, item.sop_instance_uid
             existing = self.index.get(uid) or (uid if uid in taken else None)
-            if existing is not None and self.duplicates is DuplicatePolicy.KEEP:
-                log.info("%s: already stored, kept the first copy", uid)
-                results.append((Outcome(Status.SUCCESS), None))
-                continue
-            if existing is not None and self.duplicates is DuplicatePolicy.REJECT:
-                results.append((Outcome(Status.DUPLICATE_SOP_INSTANCE, "already stored"), None))
+            duplicate = self._duplicate(uid, existing is not None)
+            if duplicate is not None:
+                results.append((duplicate, None))
                 continue
             relative = self.layout.path(item)
             final = self.root / relative
