@@ -16,6 +16,7 @@ from pathlib import Path
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
+from dimse.elements import Unscannable, walk
 from dimse.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 PREAMBLE = bytes(128) + b"DICM"
@@ -41,9 +42,6 @@ class DicomFile:
         return self.size - self.dataset_offset
 
 
-_LONG_VRS = frozenset(
-    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
-)
 _WANTED = {0x00020002: 0, 0x00020003: 1, 0x00020010: 2}
 _META_READ = 4096
 
@@ -58,28 +56,15 @@ def _scan_file_meta(head: bytes) -> tuple[list[str], int] | None:
     if head[128:132] != b"DICM":
         return None
     values = ["", "", ""]
-    at = 132
-    while at + 8 <= len(head):
-        group, element = struct.unpack_from("<HH", head, at)
-        if group != 2:
-            return (values, at) if all(values) else None
-        vr = head[at + 4 : at + 6]
-        if vr in _LONG_VRS:
-            if at + 12 > len(head):
-                return None
-            (length,) = struct.unpack_from("<I", head, at + 8)
-            at += 12
-        elif vr.isalpha() and vr.isupper():
-            (length,) = struct.unpack_from("<H", head, at + 6)
-            at += 8
-        else:
-            return None
-        if at + length > len(head):
-            return None
-        slot = _WANTED.get(0x00020000 | element)
-        if slot is not None:
-            values[slot] = head[at : at + length].decode("ascii", "replace").rstrip("\0 ")
-        at += length
+    try:
+        for tag, offset, start, end in walk(head, 132, implicit=False):
+            if tag >> 16 != 2:
+                return (values, offset) if all(values) else None
+            slot = _WANTED.get(tag)
+            if slot is not None and 0 <= end <= len(head):
+                values[slot] = head[start:end].decode("ascii", "replace").rstrip("\0 ")
+    except Unscannable:
+        return None
     return None
 
 

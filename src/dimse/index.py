@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
@@ -78,7 +79,7 @@ class Instance:
     @classmethod
     def from_header(
         cls,
-        ds: Dataset,
+        ds: Dataset | Mapping[str, str],
         *,
         transfer_syntax: str,
         path: str,
@@ -86,7 +87,7 @@ class Instance:
         calling_ae: str,
         received: float | None = None,
     ) -> Instance:
-        """From a data set read up to (not including) its pixel data."""
+        """From a data set read up to its pixel data, or the HEADER_TAGS' text values."""
 
         def text(keyword: str) -> str:
             value = ds.get(keyword)
@@ -94,10 +95,17 @@ class Instance:
 
         def number(keyword: str) -> int | None:
             value = ds.get(keyword)
+            if value in (None, ""):
+                return None
             try:
-                return int(value) if value not in (None, "") else None
+                return int(value)
+            except (TypeError, ValueError):
+                pass
+            try:  # IS as text: "2.0" is 2, as pydicom reads it
+                real = float(value)
             except (TypeError, ValueError):
                 return None
+            return int(real) if real.is_integer() else None
 
         return cls(
             sop_instance_uid=text("SOPInstanceUID"),
@@ -142,6 +150,32 @@ class StudyRow:
     series: int
     instances: int
     size: int
+
+
+#: What from_header reads, by tag: all top-level, all in groups 0008-0020.
+HEADER_TAGS = {
+    int(Tag(keyword)): keyword
+    for keyword in (
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "StudyDescription",
+        "AccessionNumber",
+        "StudyID",
+        "ReferringPhysicianName",
+        "SeriesInstanceUID",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
+        "InstanceNumber",
+    )
+}
 
 
 class Index:

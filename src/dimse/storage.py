@@ -11,8 +11,9 @@ partial file at a final path; leftovers in `.incoming` are removed at start-up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
+import functools
+import itertools
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -34,8 +35,9 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from dimse.elements import scan_text
 from dimse.files import file_meta_bytes
-from dimse.index import Index, Instance
+from dimse.index import HEADER_TAGS, Index, Instance
 from dimse.pdu import AAssociateRJ, AAssociateRQ, RejectReason, RejectResult, RejectSource
 from dimse.server import Outcome, Peer, ServiceProvider, StoreRequest
 from dimse.status import Status, describe
@@ -116,6 +118,9 @@ class StoredInstance:
 
 
 Filed = tuple[Outcome, Instance | None]  # a filing round's answer for one sink
+#: Temporary files fsynced at once: concurrent fsyncs share the file system's
+#: journal commits (measured here: 1750 -> 2400 files/s for 40 KB files).
+SYNC_THREADS = 4
 StoredHook = Callable[[StoredInstance], Awaitable[None]]
 StudyHook = Callable[[str, Path, Peer], Awaitable[None]]
 
@@ -127,6 +132,16 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, buffers: list[bytes | memoryview]) -> None:
+    """One system call for the usual case; a short write (a signal) is resumed."""
+    written = os.writev(fd, buffers)
+    total = sum(len(buffer) for buffer in buffers)
+    if written < total:
+        rest = memoryview(b"".join(buffers))[written:]
+        while rest:
+            rest = rest[os.write(fd, rest) :]
 
 
 def failure_for(error: OSError) -> Outcome:
@@ -142,27 +157,41 @@ LAST_HEADER_TAG = 0x0020FFFF
 _past = int.__gt__  # C-level: pydicom's BaseTag compares in Python
 
 
-def read_header(head: bytes | bytearray, size: int, transfer_syntax: str, path: Path) -> Dataset:
-    """The data set's attributes up to group 0020, parsed from its first bytes.
-
-    Parsing from memory matters: pydicom asks a file for its position at every
-    element, one system call each. The file is read only when those attributes
-    do not fit in `head` or the data set is deflated.
-    """
+@functools.lru_cache(maxsize=64)
+def _encoding(transfer_syntax: str) -> tuple[bool, bool, bool]:
+    """Deflated, implicit VR, little endian: pydicom validates a UID at each call."""
     syntax = UID(transfer_syntax)
-    if not syntax.is_deflated:
-        stopped = False
+    return syntax.is_deflated, syntax.is_implicit_VR, syntax.is_little_endian
 
-        def past_header(tag: BaseTag, vr: str | None, length: int) -> bool:
-            nonlocal stopped
-            stopped = _past(tag, LAST_HEADER_TAG)
-            return stopped
 
-        header = read_dataset(
-            BytesIO(head), syntax.is_implicit_VR, syntax.is_little_endian, stop_when=past_header
-        )
-        if stopped or len(head) >= size:
-            return header
+def read_header(
+    head: bytes | bytearray, size: int, transfer_syntax: str, path: Path
+) -> Dataset | dict[str, str]:
+    """The attributes the index needs, from the data set's first bytes.
+
+    Scanned in place for Little Endian data sets with plain ASCII values (the
+    common case; see dimse.elements); otherwise pydicom parses them, from memory
+    when they fit in `head` (pydicom asks a file for its position at every
+    element, one system call each), else from the file.
+    """
+    deflated, implicit, little_endian = _encoding(transfer_syntax)
+    if deflated:
+        return dcmread(path, stop_before_pixels=True)
+    complete = len(head) >= size
+    if little_endian:
+        values = scan_text(head, 0, implicit, HEADER_TAGS, LAST_HEADER_TAG, complete)
+        if values is not None:
+            return values
+    stopped = False
+
+    def past_header(tag: BaseTag, vr: str | None, length: int) -> bool:
+        nonlocal stopped
+        stopped = _past(tag, LAST_HEADER_TAG)
+        return stopped
+
+    header = read_dataset(BytesIO(head), implicit, little_endian, stop_when=past_header)
+    if stopped or complete:
+        return header
     return dcmread(path, stop_before_pixels=True)
 
 
@@ -172,26 +201,28 @@ class FileSink:
     def __init__(self, archive: StorageProvider, request: StoreRequest) -> None:
         self.archive = archive
         self.request = request
-        self.temp_path = archive.root / TEMP_DIR / f"{uuid.uuid4().hex}.part"
+        self.temp_path = archive.temp_name()
         self.size = 0
         self._started = time.monotonic()
         self._head = bytearray()  # the data set's first bytes, to read the header from
         self.filed = False  # renamed into place: nothing left to discard
         message = request.message
-        meta = file_meta_bytes(
+        self._meta: bytes | None = file_meta_bytes(  # written with the first fragment
             message.affected_sop_class_uid,
             message.affected_sop_instance_uid,
             request.transfer_syntax,
             request.peer.calling_ae,
         )
-        self.file_size = len(meta)
+        self.file_size = len(self._meta)
         # Owner read-write, group read: medical images are not for every local user.
-        fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        self._file: BinaryIO = os.fdopen(fd, "wb")
-        self._file.write(meta)
+        self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
 
     async def write(self, data: memoryview) -> None:
-        self._file.write(data)
+        if self._meta is not None:
+            _write_all(self._fd, [self._meta, data])
+            self._meta = None
+        else:
+            _write_all(self._fd, [data])
         self.size += len(data)
         self.file_size += len(data)
         if len(self._head) < HEAD_SIZE:
@@ -216,12 +247,14 @@ class FileSink:
     def finish(self) -> Instance | Outcome:
         """Make the temporary file durable and read what the index needs of it.
 
-        Runs on the filing thread. Returns the failure to answer instead when the
+        Runs on a sync thread. Returns the failure to answer instead when the
         data set cannot be read (Cxxx) or is not the instance its command names.
         """
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        if self._meta is not None:  # an empty data set
+            _write_all(self._fd, [self._meta])
+        os.fsync(self._fd)
+        fd, self._fd = self._fd, -1
+        os.close(fd)
         try:
             header = read_header(
                 self._head, self.size, self.request.transfer_syntax, self.temp_path
@@ -238,7 +271,7 @@ class FileSink:
             calling_ae=self.request.peer.calling_ae.strip(),
         )
 
-    def _validate(self, header: Dataset) -> Outcome | None:
+    def _validate(self, header: Dataset | dict[str, str]) -> Outcome | None:
         """PS3.4 §B.2.3 A900: the data set must be the instance the command names."""
         message = self.request.message
         if header.get("SOPClassUID") != message.affected_sop_class_uid:
@@ -248,10 +281,9 @@ class FileSink:
         return None
 
     async def discard(self) -> None:
-        # After a failed write (disk full) closing retries the flush and fails again;
-        # the file is closed all the same, and the temporary file must still go.
-        with contextlib.suppress(OSError):
-            self._file.close()
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
         self.temp_path.unlink(missing_ok=True)
 
 
@@ -288,9 +320,17 @@ class StorageProvider(ServiceProvider):
         self._lookup = Index(self.root / INDEX_FILE, durable=durable_index)
         # One thread files and indexes, so duplicate checks and renames never race.
         self._filer = ThreadPoolExecutor(1, thread_name_prefix="dimse-archive")
+        # Each file is fsynced as soon as it is complete, beside the filing rounds.
+        self._syncers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="dimse-fsync")
         self._studies: dict[str, dict[str, Path]] = {}
-        self._waiting: list[tuple[FileSink, asyncio.Future[Filed]]] = []
+        self._waiting: list[tuple[FileSink, Instance, asyncio.Future[Filed]]] = []
         self._filing: asyncio.Task[None] | None = None
+        # Unique among processes sharing the archive (--workers) and earlier runs.
+        self._temp_prefix = f"{self.root / TEMP_DIR}{os.sep}{uuid.uuid4().hex[:16]}-"
+        self._temp_count = itertools.count()
+
+    def temp_name(self) -> Path:
+        return Path(f"{self._temp_prefix}{next(self._temp_count)}.part")
 
     def _clean_temp(self) -> None:
         for leftover in (self.root / TEMP_DIR).iterdir():
@@ -298,6 +338,7 @@ class StorageProvider(ServiceProvider):
             leftover.unlink()
 
     def close(self) -> None:
+        self._syncers.shutdown(wait=True)
         self._filer.shutdown(wait=True)
         self.index.close()
         self._lookup.close()
@@ -338,10 +379,18 @@ class StorageProvider(ServiceProvider):
         return Outcome(Status.SUCCESS)
 
     async def file(self, sink: FileSink) -> Outcome:
-        """File a complete data set in the next filing round, then run the hooks."""
+        """Sync a complete data set, file it in the next filing round, run the hooks."""
         peer = sink.request.peer
-        waiter: asyncio.Future[Filed] = asyncio.get_running_loop().create_future()
-        self._waiting.append((sink, waiter))
+        loop = asyncio.get_running_loop()
+        try:
+            item = await loop.run_in_executor(self._syncers, sink.finish)
+        except OSError as error:
+            log.error("cannot store %s: %s", sink.temp_path.name, error)
+            return failure_for(error)
+        if isinstance(item, Outcome):
+            return item
+        waiter: asyncio.Future[Filed] = loop.create_future()
+        self._waiting.append((sink, item, waiter))
         if self._filing is None or self._filing.done():
             self._filing = asyncio.create_task(self._file_waiting())
         outcome, filed = await waiter
@@ -364,7 +413,9 @@ class StorageProvider(ServiceProvider):
         while self._waiting:
             batch, self._waiting = self._waiting, []
             try:
-                results = await self._run(self._file_batch, [sink for sink, _ in batch])
+                results = await self._run(
+                    self._file_batch, [(sink, item) for sink, item, _ in batch]
+                )
             except Exception as error:  # every waiter is answered, whatever went wrong
                 log.exception("filing %d instance(s) failed", len(batch))
                 failure = (
@@ -373,27 +424,18 @@ class StorageProvider(ServiceProvider):
                     else Outcome(Status.PROCESSING_FAILURE, f"filing failed: {error}"[:64])
                 )
                 results = [(failure, None)] * len(batch)
-            for (_, waiter), result in zip(batch, results, strict=True):
+            for (_, _, waiter), result in zip(batch, results, strict=True):
                 if not waiter.done():
                     waiter.set_result(result)
 
-    def _file_batch(self, batch: list[FileSink]) -> list[Filed]:
-        """fsync, check, rename into place, fsync folders, index: one round (filing thread)."""
+    def _file_batch(self, batch: list[tuple[FileSink, Instance]]) -> list[Filed]:
+        """Check, rename into place, fsync folders, index: one round (filing thread)."""
         results: list[Filed] = []
         filed: list[Instance] = []
         replaced: list[Path] = []
         folders: set[Path] = set()
         taken: set[str] = set()
-        for sink in batch:
-            try:
-                item = sink.finish()
-            except OSError as error:
-                log.error("cannot store %s: %s", sink.temp_path.name, error)
-                results.append((failure_for(error), None))
-                continue
-            if isinstance(item, Outcome):
-                results.append((item, None))
-                continue
+        for sink, item in batch:
             temp, uid = sink.temp_path, item.sop_instance_uid
             existing = self.index.get(uid) or (uid if uid in taken else None)
             duplicate = self._duplicate(uid, existing is not None)

@@ -1,0 +1,160 @@
+"""The in-place element scanner against pydicom, on pydicom's own test files."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from conftest import TEST_FILES, dataset_bytes
+from dimse.elements import Unscannable, scan_text, walk
+from dimse.files import NotDicomError, open_dicom_file
+from dimse.index import HEADER_TAGS, Instance
+from dimse.storage import HEAD_SIZE, LAST_HEADER_TAG, read_header
+
+
+def _instance(header: Dataset | dict[str, str], syntax: str) -> Instance:
+    return Instance.from_header(
+        header, transfer_syntax=syntax, path="", size=0, calling_ae="", received=0.0
+    )
+
+
+def _test_files() -> list[tuple[Path, bytes, str]]:
+    """pydicom's bundled PS3.10 files, their data set bytes and transfer syntax."""
+    files = []
+    for path in sorted(TEST_FILES.rglob("*.dcm")):
+        try:
+            file = open_dicom_file(path)
+        except NotDicomError:
+            continue
+        if UID(file.transfer_syntax).is_transfer_syntax:
+            files.append((path, dataset_bytes(path), file.transfer_syntax))
+    return files
+
+
+BUNDLED = _test_files()
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")  # a deliberately odd test file
+def test_scanner_agrees_with_pydicom_on_every_test_file() -> None:
+    """Where the scanner answers, the index entry equals pydicom's, field by field."""
+    scanned = 0
+    for path, data, syntax in BUNDLED:
+        uid = UID(syntax)
+        head = data[:HEAD_SIZE]
+        try:
+            reference = read_dataset(
+                BytesIO(data), uid.is_implicit_VR, uid.is_little_endian, stop_when=None
+            )
+        except Exception:  # pydicom cannot read some deliberately broken files
+            continue
+        header = read_header(head, len(data), syntax, path)
+        if isinstance(header, dict):
+            scanned += 1
+            assert _instance(header, syntax) == _instance(reference, syntax), path.name
+    # Most of the collection is Little Endian ASCII: the fast path must take it.
+    assert scanned >= len(BUNDLED) // 2, (scanned, len(BUNDLED))
+
+
+def _encoded(ds: Dataset, implicit: bool) -> bytes:
+    fp = BytesIO()
+    ds.save_as(fp, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+    return fp.getvalue()
+
+
+def _with_sequences() -> Dataset:
+    inner = Dataset()
+    inner.CodeValue, inner.CodingSchemeDesignator = "X", "DCM"
+    inner.ConceptCodeSequence = Sequence([Dataset()])  # nested, empty item
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4"
+    ds.ProcedureCodeSequence = Sequence([inner, inner])  # (0008,1032), before PatientName
+    ds.PatientName, ds.PatientID = "DOE^JANE", "ID1"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", "1.2.3.1"
+    ds.InstanceNumber = "7"
+    ds.PixelData = b"\0" * 16
+    ds["PixelData"].VR = "OW"
+    return ds
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+@pytest.mark.parametrize("undefined", [True, False])
+def test_sequences_of_either_length_are_skipped(implicit: bool, undefined: bool) -> None:
+    ds = _with_sequences()
+    ds["ProcedureCodeSequence"].is_undefined_length = undefined
+    for item in ds.ProcedureCodeSequence:
+        item.is_undefined_length_sequence_item = undefined
+    data = _encoded(ds, implicit)
+    values = scan_text(data, 0, implicit, HEADER_TAGS, LAST_HEADER_TAG)
+    assert values == {
+        "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+        "SOPInstanceUID": "1.2.3.4",
+        "PatientName": "DOE^JANE",
+        "PatientID": "ID1",
+        "StudyInstanceUID": "1.2.3",
+        "SeriesInstanceUID": "1.2.3.1",
+        "InstanceNumber": "7",
+    }
+
+
+def test_cut_off_or_unusual_values_are_left_to_pydicom() -> None:
+    ds = _with_sequences()
+    data = _encoded(ds, implicit=False)
+    cut = data.index(b"DOE^JANE")
+    assert scan_text(data[:cut], 0, False, HEADER_TAGS, LAST_HEADER_TAG) is None
+    # A data set that ends before group 0020 is complete: what is there is the answer.
+    short = Dataset()
+    short.SOPClassUID = "1.2"
+    whole = _encoded(short, implicit=True)
+    assert scan_text(whole, 0, True, HEADER_TAGS, LAST_HEADER_TAG, complete=True) == {
+        "SOPClassUID": "1.2"
+    }
+    assert scan_text(whole, 0, True, HEADER_TAGS, LAST_HEADER_TAG) is None
+    for name in ("Müller^Hans", "A\\B"):  # a character set, several values
+        ds.PatientName = name
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        data = _encoded(ds, implicit=False)
+        assert scan_text(data, 0, False, HEADER_TAGS, LAST_HEADER_TAG) is None
+
+
+def test_read_header_falls_back_to_pydicom_for_a_character_set(tmp_path: Path) -> None:
+    ds = _with_sequences()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = "Müller^Hans"
+    data = _encoded(ds, implicit=False)
+    header = read_header(data, len(data), ExplicitVRLittleEndian, tmp_path / "x")
+    assert isinstance(header, Dataset)
+    assert _instance(header, ExplicitVRLittleEndian).patient_name == "Müller^Hans"
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300), implicit=st.booleans())
+def test_any_bytes_give_values_or_none(data: bytes, implicit: bool) -> None:
+    """Garbage never raises out of the scanner: it answers or leaves it to pydicom."""
+    values = scan_text(data, 0, implicit, HEADER_TAGS, LAST_HEADER_TAG, complete=True)
+    assert values is None or set(values) <= set(HEADER_TAGS.values())
+
+
+def test_walk_reports_where_each_element_starts() -> None:
+    ds = Dataset()
+    ds.PatientName, ds.PatientID = "A", "B"
+    data = _encoded(ds, implicit=True)
+    assert [(tag, at) for tag, at, _, _ in walk(data, 0, True)] == [
+        (0x00100010, 0),
+        (0x00100020, 10),
+    ]
+    with pytest.raises(Unscannable):
+        list(walk(data[:5], 0, True))
+
+
+def test_implicit_little_endian_file_is_scanned(tmp_path: Path) -> None:
+    data = _encoded(_with_sequences(), implicit=True)
+    header = read_header(data, len(data), ImplicitVRLittleEndian, tmp_path / "x")
+    assert isinstance(header, dict) and header["PatientID"] == "ID1"
