@@ -111,7 +111,8 @@ class Link:
                     self._artim = (started, now + timeout)
                 timeout = max(self._artim[1] - now, 0.0)
         try:
-            return await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            async with asyncio.timeout(timeout):  # no task per read, unlike wait_for
+                return await self.reader.read(READ_SIZE)
         except ConnectionError:
             return b""
 
