@@ -79,11 +79,13 @@ class BenchError(Exception):
 
 @dataclass(frozen=True)
 class Scenario:
-    """A data set: `count` Explicit VR LE images of `frames` 512x512 16-bit frames."""
+    """A data set: `count` copies of pydicom's bundled `source` file with fresh
+    UIDs, or else `count` Explicit VR LE images of `frames` 512x512 16-bit frames."""
 
     name: str
     count: int
-    frames: int
+    frames: int = 1
+    source: str | None = None
 
     @property
     def sop_class(self) -> str:
@@ -120,11 +122,35 @@ PAIRS = (
 # O_SYNC into no-ops for a process it is preloaded into; the pair above needs it.
 EATMYDATA = "/usr/lib/x86_64-linux-gnu/libeatmydata.so"
 
-FULL = (Scenario("small", 500, 1), Scenario("large", 10, 96))
-QUICK = (Scenario("small", 30, 1), Scenario("large", 2, 8))
+# The issue's corpus: many small CT images (pydicom's CT_small.dcm, 39 KB) and a
+# few 100 MB multi-frame images (200 frames of 512 KiB: 104.9 MB).
+FULL = (Scenario("small", 1000, source="CT_small.dcm"), Scenario("large", 3, frames=200))
+QUICK = (Scenario("small", 100, source="CT_small.dcm"), Scenario("large", 2, frames=8))
 
 
 # --- data ---------------------------------------------------------------------------
+
+
+def copies(scenario: Scenario, folder: Path) -> list[Path]:
+    """`scenario.source` saved `count` times: new study, series and instance UIDs."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    assert scenario.source is not None
+    source = get_testdata_file(scenario.source)
+    if source is None:
+        raise SystemExit(f"pydicom's test file {scenario.source} is missing")
+    ds = dcmread(source)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    paths = []
+    for number in range(scenario.count):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = number + 1
+        path = folder / f"IM{number:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
 
 
 def generate(scenario: Scenario, folder: Path) -> list[Path]:
@@ -137,6 +163,8 @@ def generate(scenario: Scenario, folder: Path) -> list[Path]:
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
+    if scenario.source is not None:
+        return copies(scenario, folder)
     pool = os.urandom(FRAME_BYTES + 8192)
     study, series = generate_uid(), generate_uid()
     paths = []
