@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from dimse import __version__
@@ -48,3 +51,19 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_keywords_name_sop_classes() -> None:
     assert _uid("CTImageStorage") == "1.2.840.10008.5.1.4.1.1.2"
     assert _uid("1.2.840.10008.5.1.4.1.1.2") == "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.mark.parametrize(("command", "numpy"), [("serve", False), ("echo", False), ("store", True)])
+def test_only_the_sender_loads_numpy(command: str, numpy: bool) -> None:
+    """pydicom imports numpy when it can; only `store` may decode pixel data."""
+    code = (
+        "import sys\n"
+        f"sys.argv = ['dimse', {command!r}, '--help']\n"
+        "from dimse.launcher import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sys.modules.get('numpy') is not None, sys.modules.get('requests') is not None)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split()[-2:] == [str(numpy), "False"]

@@ -1,5 +1,5 @@
 import sys
 
-from dimse.cli import main
+from dimse.launcher import main
 
 sys.exit(main())
