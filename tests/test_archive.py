@@ -533,31 +533,42 @@ def test_duplicate_policy(processes: Processes, tmp_path: Path, policy: str) -> 
 def test_sop_mismatch_is_refused_and_the_association_continues(
     processes: Processes, tmp_path: Path
 ) -> None:
-    # pydicom's rtplan.dcm: file meta and data set disagree on the SOP Instance UID.
-    instance_mismatch = TEST_FILES / "rtplan.dcm"
-    ds = pydicom.dcmread(instance_mismatch)
-    assert ds.file_meta.MediaStorageSOPInstanceUID != ds.SOPInstanceUID
-    # A CT data set announced as MR: the SOP Class UID disagrees.
-    class_mismatch = make_instance(tmp_path / "class-mismatch.dcm")
-    wrong = pydicom.dcmread(class_mismatch)
-    wrong.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID(MR)
-    wrong.save_as(class_mismatch, enforce_file_format=False)
-    good = make_instance(tmp_path / "good.dcm")
+    """A data set that is not the instance its C-STORE names gets A900 (PS3.4 §B.2.3)."""
+    instance = make_instance(tmp_path / "instance.dcm")
+    data = dataset_bytes(instance)
+    sop = header(instance).sop
     archive = serve(processes, tmp_path / "archive")
 
-    result = store(
-        archive.port, instance_mismatch, class_mismatch, good, options=("--async-ops", "1")
-    )
-    assert result.returncode == 1, result.stdout
-    assert statuses(result.stdout) == {
-        "rtplan.dcm": "A900",
-        "class-mismatch.dcm": "A900",
-        "good.dcm": "0000",  # same association, after the two failures
-    }
+    async def send() -> list[int]:
+        contexts = [dimse.ProposedContext(c, (ExplicitVRLittleEndian,)) for c in (CT, MR)]
+        async with dimse.connect(HOST, archive.port, called_ae="DIMSE", contexts=contexts) as assoc:
+            statuses = []
+            for sop_class, sop_instance in ((MR, sop), (CT, generate_uid()), (CT, sop)):
+                raw = dimse.RawDataSet(sop_class, sop_instance, ExplicitVRLittleEndian, data)
+                statuses.append((await assoc.store(raw)).status)
+            return statuses
+
+    # The class, then the instance disagree with the data set; then the right names,
+    # on the same association, after the two failures.
+    assert asyncio.run(send()) == [0xA900, 0xA900, 0]
     root = archive.root
-    assert archive_files(root) == [study_path(root, good)]
-    assert set(indexed(root)) == {header(good).sop}
+    assert archive_files(root) == [study_path(root, instance)]
+    assert set(indexed(root)) == {sop}
     assert list((root / TEMP_DIR).iterdir()) == []
+
+
+def test_the_sender_names_the_data_set_instance_not_the_file_meta(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """pydicom's rtplan.dcm: its file meta and data set disagree on the SOP Instance
+    UID; like storescu, `dimse store` sends the data set's, and it is stored."""
+    rtplan = TEST_FILES / "rtplan.dcm"
+    ds = pydicom.dcmread(rtplan)
+    assert ds.file_meta.MediaStorageSOPInstanceUID != ds.SOPInstanceUID
+    archive = serve(processes, tmp_path / "archive")
+    result = store(archive.port, rtplan)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert set(indexed(archive.root)) == {ds.SOPInstanceUID}
 
 
 # --- 5. who may associate ------------------------------------------------------------------

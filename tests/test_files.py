@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -84,7 +85,17 @@ def _pydicom_view(path: Path) -> tuple[str, str, str, int] | None:
         return None
     keys = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
     values = [str(meta.get(k, "")) for k in keys]
-    return (values[0], values[1], values[2], offset) if all(values) else None
+    if not all(values):
+        return None
+    if values[2] not in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"):
+        # The data set's own UIDs win where they are readable (storescu's choice too).
+        with contextlib.suppress(Exception):  # unreadable data set: the meta's stand
+            ds = dcmread(
+                path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"]
+            )
+            if ds.get("SOPClassUID") and ds.get("SOPInstanceUID"):
+                values[:2] = [str(ds.SOPClassUID), str(ds.SOPInstanceUID)]
+    return (values[0], values[1], values[2], offset)
 
 
 def test_fast_meta_scan_agrees_with_pydicom_on_every_bundled_file() -> None:
@@ -101,3 +112,11 @@ def test_fast_meta_scan_agrees_with_pydicom_on_every_bundled_file() -> None:
         assert found == _pydicom_view(path), path.name
         compared += 1
     assert compared > 100
+
+
+def test_the_data_set_names_the_instance_when_the_file_meta_disagrees() -> None:
+    rtplan = TEST_FILES / "rtplan.dcm"  # its meta names another SOP Instance UID
+    ds = dcmread(rtplan)
+    file = open_dicom_file(rtplan)
+    assert (file.sop_class_uid, file.sop_instance_uid) == (ds.SOPClassUID, ds.SOPInstanceUID)
+    assert file.sop_instance_uid != ds.file_meta.MediaStorageSOPInstanceUID

@@ -12,11 +12,12 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
-from dimse.elements import Unscannable, walk
+from dimse.elements import Unscannable, scan_text, walk
 from dimse.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 PREAMBLE = bytes(128) + b"DICM"
@@ -68,41 +69,55 @@ def _scan_file_meta(head: bytes) -> tuple[list[str], int] | None:
     return None
 
 
+#: (0008,0016) SOP Class UID, (0008,0018) SOP Instance UID: the data set's own.
+_SOP_TAGS = {0x00080016: "class", 0x00080018: "instance"}
+_LITTLE_ENDIAN = {"1.2.840.10008.1.2": True}  # implicit VR; other LE syntaxes: explicit
+
+
+def _dataset_sop(head: bytes, offset: int, syntax: str) -> tuple[str, str] | None:
+    """The SOP Class and Instance UIDs at the start of the data set, when readable.
+
+    A file's meta may disagree with its data set (pydicom's rtplan.dcm does); the
+    C-STORE must name the data set's instance (PS3.4 §B.2.3, A900 otherwise),
+    as dcmtk's storescu does. Only uncompressed big endian and deflated data
+    sets, rare, keep the meta's UIDs.
+    """
+    if syntax in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"):
+        return None
+    implicit = _LITTLE_ENDIAN.get(syntax, False)
+    values = scan_text(head, offset, implicit, _SOP_TAGS, 0x00080018)
+    if values is None or not values.get("class") or not values.get("instance"):
+        return None
+    return values["class"], values["instance"]
+
+
 def open_dicom_file(path: str | os.PathLike[str]) -> DicomFile:
     """Read only the preamble and file meta of `path` (PS3.10 §7.1)."""
     path = Path(path)
     with path.open("rb") as fp:
         size = os.fstat(fp.fileno()).st_size
-        scanned = _scan_file_meta(fp.read(_META_READ))
-        if scanned is not None:
-            (sop_class, sop_instance, syntax), offset = scanned
-            return DicomFile(path, sop_class, sop_instance, syntax, offset, size)
-        fp.seek(0)
-        try:
-            read_preamble(fp, force=False)
-            meta = _read_file_meta_info(fp)
-            offset = fp.tell()
-        except (InvalidDicomError, EOFError, ValueError, KeyError) as error:
-            raise NotDicomError(f"not a DICOM file ({error})") from None
-    missing = [
-        keyword
-        for keyword in (
-            "MediaStorageSOPClassUID",
-            "MediaStorageSOPInstanceUID",
-            "TransferSyntaxUID",
-        )
-        if not meta.get(keyword)
-    ]
+        head = fp.read(_META_READ)
+        scanned = _scan_file_meta(head)
+        if scanned is None:
+            scanned = _read_file_meta(fp)
+    (sop_class, sop_instance, syntax), offset = scanned
+    sop_class, sop_instance = _dataset_sop(head, offset, syntax) or (sop_class, sop_instance)
+    return DicomFile(path, sop_class, sop_instance, syntax, offset, size)
+
+
+def _read_file_meta(fp: BinaryIO) -> tuple[list[str], int]:
+    """The slow path of _scan_file_meta, by pydicom, for unusual file meta."""
+    fp.seek(0)
+    try:
+        read_preamble(fp, force=False)
+        meta = _read_file_meta_info(fp)
+    except (InvalidDicomError, EOFError, ValueError, KeyError) as error:
+        raise NotDicomError(f"not a DICOM file ({error})") from None
+    keywords = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
+    missing = [keyword for keyword in keywords if not meta.get(keyword)]
     if missing:
         raise NotDicomError(f"file meta lacks {', '.join(missing)}")
-    return DicomFile(
-        path,
-        str(meta.MediaStorageSOPClassUID),
-        str(meta.MediaStorageSOPInstanceUID),
-        str(meta.TransferSyntaxUID),
-        offset,
-        size,
-    )
+    return [str(meta[keyword].value) for keyword in keywords], fp.tell()
 
 
 def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
