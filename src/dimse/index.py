@@ -178,6 +178,9 @@ HEADER_TAGS = {
 }
 
 
+_MAX_VARIABLES = 500  # below SQLite's smallest default SQLITE_MAX_VARIABLE_NUMBER (999)
+
+
 class Index:
     """The SQLite index of one archive."""
 
@@ -199,60 +202,87 @@ class Index:
         ).fetchone()
         return None if row is None else str(row[0])
 
+    def get_many(self, sop_instance_uids: list[str]) -> dict[str, str]:
+        """The stored paths of those instances the archive has: one query per round."""
+        found: dict[str, str] = {}
+        for start in range(0, len(sop_instance_uids), _MAX_VARIABLES):
+            chunk = sop_instance_uids[start : start + _MAX_VARIABLES]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                self._db.execute(
+                    f"SELECT sop_instance_uid, path FROM instances "
+                    f"WHERE sop_instance_uid IN ({marks})",
+                    chunk,
+                ).fetchall()
+            )
+        return found
+
     def add(self, item: Instance) -> None:
         """Insert or replace one instance and upsert its patient, study and series."""
-        with self._transaction():
-            self._write(item)
+        self.add_many([item])
 
     def add_many(self, items: list[Instance]) -> None:
-        with self._transaction():
-            for item in items:
-                self._write(item)
-
-    def _write(self, i: Instance) -> None:
+        """One transaction; each patient, study and series written once, as its last
+        instance in `items` describes it (what writing them one by one would leave)."""
+        patients = {i.patient_key: i for i in items}
+        studies = {i.study_uid: i for i in items}
+        series = {i.series_uid: i for i in items}
         db = self._db
-        db.execute(
-            "INSERT INTO patients VALUES (?, ?, ?, ?, ?) ON CONFLICT(patient_key) DO UPDATE SET "
-            "patient_name=excluded.patient_name, birth_date=excluded.birth_date, "
-            "sex=excluded.sex",
-            (i.patient_key, i.patient_id, i.patient_name, i.birth_date, i.sex),
-        )
-        db.execute(
-            "INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(study_uid) DO UPDATE "
-            "SET study_date=excluded.study_date, study_time=excluded.study_time, "
-            "description=excluded.description, accession_number=excluded.accession_number, "
-            "study_id=excluded.study_id, referring_physician=excluded.referring_physician",
-            (
-                i.study_uid,
-                i.patient_key,
-                i.study_date,
-                i.study_time,
-                i.study_description,
-                i.accession_number,
-                i.study_id,
-                i.referring_physician,
-            ),
-        )
-        db.execute(
-            "INSERT INTO series VALUES (?, ?, ?, ?, ?) ON CONFLICT(series_uid) DO UPDATE SET "
-            "modality=excluded.modality, series_number=excluded.series_number, "
-            "description=excluded.description",
-            (i.series_uid, i.study_uid, i.modality, i.series_number, i.series_description),
-        )
-        db.execute(
-            "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                i.sop_instance_uid,
-                i.series_uid,
-                i.sop_class_uid,
-                i.instance_number,
-                i.transfer_syntax,
-                i.path,
-                i.size,
-                i.received,
-                i.calling_ae,
-            ),
-        )
+        with self._transaction():
+            db.executemany(
+                "INSERT INTO patients VALUES (?, ?, ?, ?, ?) ON CONFLICT(patient_key) DO UPDATE "
+                "SET patient_name=excluded.patient_name, birth_date=excluded.birth_date, "
+                "sex=excluded.sex",
+                [
+                    (i.patient_key, i.patient_id, i.patient_name, i.birth_date, i.sex)
+                    for i in patients.values()
+                ],
+            )
+            db.executemany(
+                "INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(study_uid) "
+                "DO UPDATE SET study_date=excluded.study_date, study_time=excluded.study_time, "
+                "description=excluded.description, accession_number=excluded.accession_number, "
+                "study_id=excluded.study_id, referring_physician=excluded.referring_physician",
+                [
+                    (
+                        i.study_uid,
+                        i.patient_key,
+                        i.study_date,
+                        i.study_time,
+                        i.study_description,
+                        i.accession_number,
+                        i.study_id,
+                        i.referring_physician,
+                    )
+                    for i in studies.values()
+                ],
+            )
+            db.executemany(
+                "INSERT INTO series VALUES (?, ?, ?, ?, ?) ON CONFLICT(series_uid) DO UPDATE SET "
+                "modality=excluded.modality, series_number=excluded.series_number, "
+                "description=excluded.description",
+                [
+                    (i.series_uid, i.study_uid, i.modality, i.series_number, i.series_description)
+                    for i in series.values()
+                ],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        i.sop_instance_uid,
+                        i.series_uid,
+                        i.sop_class_uid,
+                        i.instance_number,
+                        i.transfer_syntax,
+                        i.path,
+                        i.size,
+                        i.received,
+                        i.calling_ae,
+                    )
+                    for i in items
+                ],
+            )
 
     def clear(self) -> None:
         with self._transaction():

@@ -435,9 +435,10 @@ class StorageProvider(ServiceProvider):
         replaced: list[Path] = []
         folders: set[Path] = set()
         taken: set[str] = set()
+        stored = self.index.get_many([item.sop_instance_uid for _, item in batch])
         for sink, item in batch:
             temp, uid = sink.temp_path, item.sop_instance_uid
-            existing = self.index.get(uid) or (uid if uid in taken else None)
+            existing = stored.get(uid) or (uid if uid in taken else None)
             duplicate = self._duplicate(uid, existing is not None)
             if duplicate is not None:
                 results.append((duplicate, None))
