@@ -47,6 +47,7 @@ log = logging.getLogger("dimse.storage")
 TEMP_DIR = ".incoming"
 FILE_MODE = 0o640
 HEAD_SIZE = 64 * 1024  # bytes kept in memory to read a data set's header from
+WRITEBACK_STEP = 8 << 20  # large data sets: start writeback every this many bytes
 INDEX_FILE = "index.sqlite"
 _UNSAFE = re.compile(r"[^0-9A-Za-z.\-^ ]")
 _T = TypeVar("_T")
@@ -214,6 +215,7 @@ class FileSink:
             request.peer.calling_ae,
         )
         self.file_size = len(self._meta)
+        self._advised = 0  # bytes handed to writeback early
         # Owner read-write, group read: medical images are not for every local user.
         self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
 
@@ -227,6 +229,11 @@ class FileSink:
         self.file_size += len(data)
         if len(self._head) < HEAD_SIZE:
             self._head += data[: HEAD_SIZE - len(self._head)]
+        if self.file_size - self._advised >= WRITEBACK_STEP:
+            # Start writing the pages out now (and let them leave the page cache):
+            # the fsync at the end then waits for the last few MB, not the whole image.
+            os.posix_fadvise(self._fd, self._advised, 0, os.POSIX_FADV_DONTNEED)
+            self._advised = self.file_size
 
     async def complete(self) -> int | Outcome:
         outcome = await self.archive.file(self)
