@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from dimse import __version__
-from dimse.cli import _uid, main
+from dimse.cli import _uid, build_parser, main
 
 BAD_USAGE = [
     [],
@@ -25,6 +25,9 @@ BAD_USAGE = [
     ["serve", "--tls-key", "key.pem"],
     ["serve", "--accept-sop-class", "NotAKeyword"],
     ["serve", "--config", "/no/such/config.toml"],
+    ["serve", "--max-buffered", "0"],
+    ["serve", "--max-buffered", "1.5"],
+    ["serve", "--max-buffered", "lots"],
     ["index", "check", "-od", "/no/such/archive"],
     ["ls", "-od", "/no/such/archive"],
     ["echo", "--password", "secret", "127.0.0.1", "104"],
@@ -67,3 +70,9 @@ def test_only_the_sender_loads_numpy(command: str, numpy: bool) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.split()[-2:] == [str(numpy), "False"]
+
+
+def test_max_buffered_is_given_in_mib() -> None:
+    args = build_parser().parse_args(["serve", "--max-buffered", "64"])
+    assert args.max_buffered == 64 << 20
+    assert build_parser().parse_args(["serve"]).max_buffered == 256 << 20

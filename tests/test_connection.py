@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from dimse import events as ev
-from dimse.connection import Connection
+from dimse.connection import Connection, PartialPDU
 from dimse.dimse import CEchoRQ, CEchoRSP, CStoreRQ, CStoreRSP, encode_command
 from dimse.errors import AbortReason, LocalProtocolError
 from dimse.negotiation import AcceptorPolicy, ProposedContext, build_request, negotiate
 from dimse.pdu import (
+    MAX_PDATA_CEILING,
     PDU,
     PDV,
     AAbort,
@@ -20,9 +23,11 @@ from dimse.pdu import (
     AReleaseRP,
     AReleaseRQ,
     ContextResult,
+    MaximumLength,
     PDataTF,
     PDUReader,
     PresentationContextAC,
+    PresentationContextRQ,
     RejectReason,
     RejectResult,
     RejectSource,
@@ -168,6 +173,38 @@ def test_acceptance_answering_an_unproposed_context_is_aborted() -> None:
     assert pdus(wire(requestor)) == [
         AAbort(AbortSource.SERVICE_PROVIDER, AbortReason.INVALID_PDU_PARAMETER_VALUE)
     ]
+
+
+def _request_with_context_ids(*context_ids: int) -> bytes:
+    """An A-ASSOCIATE-RQ proposing Verification under each of `context_ids` (encode()
+    writes any byte it is given: a hostile peer's request)."""
+    contexts = tuple(PresentationContextRQ(i, VERIFICATION, (IVLE,)) for i in context_ids)
+    return encode(AAssociateRQ("STORE_SCP", "STORE_SCU", contexts))
+
+
+@pytest.mark.parametrize("context_ids", [(2,), (1, 4), (3, 3)], ids=["2", "1-4", "3-3"])
+def test_request_with_an_even_or_repeated_context_id_is_aborted(
+    context_ids: tuple[int, ...],
+) -> None:
+    """PS3.8 §9.3.2.2: IDs are odd and unique; an invalid PDU in Sta2 (Evt19) is answered
+    with AA-1 (Table 9-10): A-ABORT, source 2 service provider, reason 6
+    invalid-PDU-parameter-value (Table 9-26); no A-ASSOCIATE indication."""
+    acceptor = Connection()
+    acceptor.connection_made()
+    events = acceptor.receive_data(_request_with_context_ids(*context_ids))
+    assert aborts(events) == [
+        (AbortSource.SERVICE_PROVIDER, AbortReason.INVALID_PDU_PARAMETER_VALUE)
+    ]
+    assert not any(isinstance(e, ev.AssociationRequested) for e in events)
+    assert wire(acceptor) == bytes.fromhex("07 00 00000004 00 00 02 06")
+    assert state(acceptor) is State.STA13 and acceptor.artim_running
+
+
+def test_request_with_odd_unique_context_ids_is_indicated() -> None:
+    acceptor = Connection()
+    acceptor.connection_made()
+    events = acceptor.receive_data(_request_with_context_ids(255, 1))
+    assert len(events) == 1 and isinstance(events[0], ev.AssociationRequested)
 
 
 # --- data transfer -------------------------------------------------------------------------
@@ -426,6 +463,63 @@ def test_p_data_tf_over_the_negotiated_maximum_is_aborted() -> None:
     assert aborts(events) == [
         (AbortSource.SERVICE_PROVIDER, AbortReason.INVALID_PDU_PARAMETER_VALUE)
     ]
+
+
+def test_requestor_announcing_no_limit_does_not_lift_ours() -> None:
+    """A peer's Maximum Length 0 bounds what we send (nothing), never what we accept:
+    that is our own announcement (PS3.8 D.1), here 1024."""
+    rq = build_request("STORE_SCU", "STORE_SCP", CONTEXTS)
+    others = tuple(item for item in rq.user_items if not isinstance(item, MaximumLength))
+    rq = replace(rq, user_items=(MaximumLength(0), *others))  # not what we would announce
+    _, acceptor = associate(rq)
+    assert acceptor.association is not None and acceptor.association.peer_max_pdu == 0
+    events = acceptor.receive_data(bytes.fromhex("04 00 ffffffff 00000002 03 00"))
+    assert aborts(events) == [
+        (AbortSource.SERVICE_PROVIDER, AbortReason.INVALID_PDU_PARAMETER_VALUE)
+    ]
+    # and what we send to it is still fragmented at a size of our own
+    _, acceptor = associate(rq)
+    acceptor.send_data(CT_CONTEXT, bytes(9 << 20), last=True)
+    lengths = [int.from_bytes(bytes(b[2:6]), "big") for b in acceptor.data_to_send()[::2]]
+    assert lengths == [(4 << 20) + 6, (4 << 20) + 6, (1 << 20) + 6]
+
+
+def test_our_own_no_limit_still_stops_at_the_ceiling() -> None:
+    """We announced 0 (no limit): a 4 GiB P-DATA-TF is still refused from its header,
+    reason 6 (Table 9-26), not buffered."""
+    policy = AcceptorPolicy(POLICY.ae_title, POLICY.syntaxes, max_pdu=0)
+    requestor, acceptor = connect()
+    answer(acceptor, policy)
+    deliver(acceptor, requestor)
+    header = b"\x04\x00" + (MAX_PDATA_CEILING + 1).to_bytes(4, "big")
+    events = acceptor.receive_data(header + bytes(10))
+    assert aborts(events) == [
+        (AbortSource.SERVICE_PROVIDER, AbortReason.INVALID_PDU_PARAMETER_VALUE)
+    ]
+    assert acceptor.partial_pdu is None
+
+
+def test_a_partial_pdu_is_reported_to_the_driver() -> None:
+    """The driver times a PDU from its first byte and reserves its size: the core says
+    which PDU is partly here (its number changes with each PDU) and, once the header is
+    here, how large it is."""
+    requestor, acceptor = associate()
+    assert acceptor.partial_pdu is None
+    requestor.send_message(ECHO_CONTEXT, CEchoRQ(1))
+    data = wire(requestor)
+    acceptor.receive_data(data[:3])
+    first = acceptor.partial_pdu
+    assert first is not None and first.size == 0  # no header yet
+    acceptor.receive_data(data[3:10])
+    assert acceptor.partial_pdu == PartialPDU(first.number, len(data))
+    requestor.send_message(ECHO_CONTEXT, CEchoRQ(2))
+    acceptor.receive_data(data[10:] + wire(requestor)[:1])  # the first ends, the next starts
+    second = acceptor.partial_pdu
+    assert second is not None and second.number == first.number + 1
+    acceptor.abort()
+    assert acceptor.partial_pdu is not None  # Sta13: the peer's bytes are still read
+    acceptor.artim_expired()
+    assert acceptor.partial_pdu is None  # closed
 
 
 # --- ARTIM and the end of the transport connection -------------------------------------------

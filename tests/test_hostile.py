@@ -33,11 +33,12 @@ from pydicom.uid import generate_uid
 
 import dimse
 from conftest import stored_files
-from dimse.client import encode_dataset
+from dimse.client import RawDataSet, encode_dataset
 from dimse.dimse import CEchoRQ, CStoreRQ, CStoreRSP, Message, decode_command, encode_command
 from dimse.negotiation import ProposedContext, build_request
 from dimse.pdu import (
     MAX_CONTROL_PDU,
+    MAX_PDATA_CEILING,
     PDU,
     PDV,
     AAbort,
@@ -48,6 +49,7 @@ from dimse.pdu import (
     AReleaseRQ,
     PDataTF,
     PDUReader,
+    PresentationContextRQ,
     encode,
 )
 from dimse.server import DataSetSink, Outcome, StoreRequest
@@ -438,6 +440,57 @@ def test_pdu_length_beyond_our_maximum(tmp_path: Path, associated: bool, data: b
     run(scenario)
 
 
+NO_LIMIT = {
+    # the requestor announces Maximum Length 0: what we accept is still our own maximum
+    "peer-announces-0": (0, MAX_PDU, MAX_PDU + 1),
+    # we announce 0 ourselves: still not more than the ceiling, let alone 4 GiB
+    "we-announce-0": (MAX_PDU, 0, MAX_PDATA_CEILING + 1),
+    "we-announce-0-4-gib": (MAX_PDU, 0, 0xFFFFFFFF),
+}
+
+
+@pytest.mark.parametrize(("theirs", "ours", "length"), NO_LIMIT.values(), ids=NO_LIMIT.keys())
+def test_no_limit_is_not_4_gib(tmp_path: Path, theirs: int, ours: int, length: int) -> None:
+    """PS3.8 D.1: Maximum Length 0 means no limit for the one who announced it. A peer's 0
+    only lets us send what we like; what we accept is bounded by our own announcement, and
+    our own 0 by a ceiling: aborted from the header, reason 6 (Table 9-26)."""
+
+    async def scenario() -> None:
+        async with serving(tmp_path, max_pdu=ours) as archive:
+            peer = await RawPeer.open(archive.port)
+            rq = build_request(
+                "HOSTILE_SCU", AE, [ProposedContext(VERIFICATION, (IVLE,))], max_pdu=theirs
+            )
+            await peer.associate(rq)
+            await peer.send(b"\x04\x00" + length.to_bytes(4, "big") + bytes.fromhex("0000ff"))
+            await expect_abort(peer, ACSE + SLACK, reason=6)
+            await archive.echo()
+            await archive.settled()
+
+    run(scenario)
+
+
+def test_even_presentation_context_id_is_aborted(tmp_path: Path) -> None:
+    """PS3.8 §9.3.2.2: presentation context IDs are odd, 1-255, unique in the request. An
+    even one is an invalid PDU parameter value: A-ABORT, source 2, reason 6 (Table 9-26),
+    no association."""
+
+    async def scenario() -> None:
+        async with serving(tmp_path) as archive:
+            peer = await RawPeer.open(archive.port)
+            contexts = (
+                PresentationContextRQ(1, VERIFICATION, (IVLE,)),
+                PresentationContextRQ(2, CT, (EVLE,)),
+            )
+            await peer.send(encode(AAssociateRQ(AE, "HOSTILE_SCU", contexts)))
+            await expect_abort(peer, ACSE + SLACK, reason=6)
+            assert archive.server.established == 0
+            await archive.echo()
+            await archive.settled()
+
+    run(scenario)
+
+
 def test_half_a_request_then_silence_is_closed_by_artim(tmp_path: Path) -> None:
     """PS3.8 §9.1.5: no whole A-ASSOCIATE-RQ before ARTIM expires: the connection is
     closed (Sta2 + Evt18 -> AA-2), nothing sent."""
@@ -540,6 +593,45 @@ def test_half_a_pdu_on_an_association_then_silence(tmp_path: Path) -> None:
     run(scenario)
 
 
+def test_a_pdu_dripped_byte_by_byte_on_an_association_is_aborted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer that sends one byte of a P-DATA-TF every 0.3 s never lets a read time out;
+    the PDU must still be whole within the idle timeout from its first byte, so it is
+    aborted after ~1.5 s, not after the 30 s the PDU would take, with a log line saying
+    why. Other associations are served meanwhile."""
+    idle = 1.5
+
+    async def scenario() -> None:
+        timeouts = dimse.Timeouts(connect=2.0, acse=ACSE, dimse=10.0, idle=idle)
+        async with serving(tmp_path, timeouts=timeouts) as archive:
+            peer = await RawPeer.open(archive.port)
+            await peer.associate()
+            data = command(ECHO_CONTEXT, CEchoRQ(1))
+            began, received = time.monotonic(), b""
+            for offset in range(len(data) - 1):  # never the whole PDU
+                if time.monotonic() - began > idle + 3 * SLACK:
+                    break
+                if offset == 2:
+                    await archive.echo()  # served meanwhile
+                await peer.send(data[offset : offset + 1])
+                try:
+                    received = await asyncio.wait_for(peer.reader.read(100), 0.3)
+                except TimeoutError:
+                    continue
+                break
+            aborted = time.monotonic() - began
+            received += await peer.read_to_end(ACSE + SLACK)
+            assert received == bytes.fromhex("07 00 00000004 00 00 00 00"), received.hex()
+            assert idle - 0.2 <= aborted <= idle + 1.0, aborted
+            assert "PDU not complete after 1.5 s" in caplog.text
+            await archive.echo()
+            await archive.settled()
+
+    with caplog.at_level(logging.WARNING, logger="dimse"):
+        run(scenario)
+
+
 def test_a_peer_that_never_reads(tmp_path: Path, recorded_links: list[Link]) -> None:
     """A peer floods C-ECHO-RQs and reads none of the responses. The server stops reading
     while its responses cannot be written (the transport's buffer stays bounded) and
@@ -624,6 +716,180 @@ def test_thousand_connections_opened_and_dropped(tmp_path: Path) -> None:
             await archive.settled()
             assert open_descriptors() <= descriptors + 2, "file descriptors leaked"
             archive.assert_nothing_stored()
+
+    run(scenario)
+
+
+# --- the server-wide budget of buffered PDUs -------------------------------------------------
+
+BUDGET = 64 << 10
+
+
+def padded_ct(size: int) -> tuple[Dataset, bytes]:
+    """A CT data set of about `size` bytes, and one P-DATA-TF carrying it whole."""
+    ds = ct_dataset()
+    ds.PixelData = bytes(size)
+    ds["PixelData"].VR = "OB"
+    return ds, pdata(CT_CONTEXT, False, True, ct_bytes(ds))
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def store_in_two_halves(peer: RawPeer, message_id: int, size: int) -> tuple[Dataset, bytes]:
+    """Send a C-STORE-RQ and the first half of its data set PDU; return the rest."""
+    ds, pdu = padded_ct(size)
+    await peer.send(command(CT_CONTEXT, CStoreRQ(message_id, CT, ds.SOPInstanceUID)))
+    await peer.send(pdu[: len(pdu) // 2])
+    return ds, pdu
+
+
+def test_two_associations_take_turns_in_a_small_budget(tmp_path: Path) -> None:
+    """Two associations each in the middle of a PDU larger than half the budget: the second
+    stops reading until the first PDU is whole and acted on, then goes on; both C-STOREs
+    succeed and the reservation never exceeds the budget."""
+
+    async def scenario() -> None:
+        async with serving(tmp_path, max_pdu=BUDGET, max_buffered_bytes=BUDGET) as archive:
+            budget = archive.server.budget
+            first, second = await RawPeer.open(archive.port), await RawPeer.open(archive.port)
+            await first.associate()
+            await second.associate()
+            _, pdu_1 = await store_in_two_halves(first, 1, 40 << 10)
+            await until(lambda: budget.ledger.reserved == len(pdu_1))
+            _, pdu_2 = await store_in_two_halves(second, 1, 40 << 10)
+            await until(lambda: budget.waiting == 1)  # the second waits: 80 KiB > 64 KiB
+            await archive.echo()  # a small PDU arrives whole in one read: not held up
+            await first.send(pdu_1[len(pdu_1) // 2 :])
+            assert (await first.response()).status == Status.SUCCESS  # type: ignore[union-attr]
+            await until(lambda: budget.waiting == 0 and budget.ledger.reserved == len(pdu_2))
+            await second.send(pdu_2[len(pdu_2) // 2 :])
+            assert (await second.response()).status == Status.SUCCESS  # type: ignore[union-attr]
+            for peer in (first, second):
+                await peer.send(encode(AReleaseRQ()))
+                assert await peer.read_pdu() == AReleaseRP()
+                peer.close()
+            await archive.settled()
+            assert budget.ledger.peak <= BUDGET
+            assert budget.ledger.reserved == 0
+            assert len(stored_files(tmp_path)) == 2
+
+    run(scenario)
+
+
+def test_connections_not_yet_associated_reserve_nothing(tmp_path: Path) -> None:
+    """A-ASSOCIATE-RQ headers declaring 1 MiB each, bodies never sent: these peers were
+    admitted by nobody, so they take nothing from the budget (ARTIM closes them); an
+    association's large PDUs still go through."""
+
+    async def scenario() -> None:
+        async with serving(tmp_path, max_pdu=BUDGET, max_buffered_bytes=BUDGET) as archive:
+            header = b"\x01\x00" + (MAX_CONTROL_PDU - 6).to_bytes(4, "big") + bytes(10)
+            idle = [await RawPeer.open(archive.port) for _ in range(4)]
+            for peer in idle:
+                await peer.send(header)
+            peer = await RawPeer.open(archive.port)
+            await peer.associate()
+            _, pdu = await store_in_two_halves(peer, 1, 40 << 10)
+            await until(lambda: archive.server.budget.ledger.reserved == len(pdu))
+            await peer.send(pdu[len(pdu) // 2 :])
+            assert (await peer.response()).status == Status.SUCCESS  # type: ignore[union-attr]
+            for each in [*idle, peer]:
+                each.close()
+            await archive.settled()
+            assert archive.server.budget.ledger.peak == len(pdu)
+
+    run(scenario)
+
+
+def test_a_pdu_larger_than_the_budget_goes_through_alone(tmp_path: Path) -> None:
+    """With nothing else reserved a PDU larger than the whole budget is let through (no
+    association can be stuck for good); meanwhile another association's PDU waits."""
+
+    async def scenario() -> None:
+        options = {"max_pdu": 2 * BUDGET, "max_buffered_bytes": BUDGET}
+        async with serving(tmp_path, **options) as archive:
+            budget = archive.server.budget
+            large, small = await RawPeer.open(archive.port), await RawPeer.open(archive.port)
+            await large.associate()
+            await small.associate()
+            _, pdu_1 = await store_in_two_halves(large, 1, 100 << 10)
+            await until(lambda: budget.ledger.reserved == len(pdu_1) > BUDGET)
+            _, pdu_2 = await store_in_two_halves(small, 1, 8 << 10)
+            await until(lambda: budget.waiting == 1)
+            await large.send(pdu_1[len(pdu_1) // 2 :])
+            assert (await large.response()).status == Status.SUCCESS  # type: ignore[union-attr]
+            await small.send(pdu_2[len(pdu_2) // 2 :])
+            assert (await small.response()).status == Status.SUCCESS  # type: ignore[union-attr]
+            assert budget.ledger.peak == len(pdu_1)  # the one PDU, alone
+            for peer in (large, small):
+                peer.close()
+            await archive.settled()
+            assert budget.ledger.reserved == 0
+
+    run(scenario)
+
+
+def test_a_stalled_pdu_gives_its_budget_back(tmp_path: Path) -> None:
+    """The association holding the budget stalls in the middle of its PDU: it is aborted
+    after the idle timeout from that PDU's first byte, its reservation is released, and the
+    association waiting for it stores its instance."""
+
+    async def scenario() -> None:
+        async with serving(tmp_path, max_pdu=BUDGET, max_buffered_bytes=BUDGET) as archive:
+            budget = archive.server.budget
+            stalled, waiting = await RawPeer.open(archive.port), await RawPeer.open(archive.port)
+            await stalled.associate()
+            await waiting.associate()
+            began = time.monotonic()
+            await store_in_two_halves(stalled, 1, 40 << 10)
+            await until(lambda: budget.ledger.reserved > 0)
+            ds, pdu = await store_in_two_halves(waiting, 1, 40 << 10)
+            await until(lambda: budget.waiting == 1)
+            await waiting.send(pdu[len(pdu) // 2 :])  # in the kernel until there is room
+            await expect_abort(stalled, IDLE + ACSE + SLACK)
+            assert time.monotonic() - began >= IDLE - 0.2
+            assert (await waiting.response()).status == Status.SUCCESS  # type: ignore[union-attr]
+            assert set(stored_files(tmp_path)) == {ds.SOPInstanceUID}
+            stalled.close()
+            waiting.close()
+            await archive.settled()
+            assert budget.ledger.reserved == 0 and budget.ledger.peak <= BUDGET
+
+    run(scenario)
+
+
+def test_clients_storing_at_once_through_a_small_budget(tmp_path: Path) -> None:
+    """Real clients, PDUs of 48 KiB (three quarters of the budget) on four associations at
+    once: everything is stored, none is stuck, the reservation stays within the budget."""
+
+    async def one(port: int, count: int) -> list[int]:
+        async with dimse.connect(
+            HOST,
+            port,
+            called_ae=AE,
+            contexts=[ProposedContext(CT, (EVLE,))],
+            timeouts=dimse.Timeouts(connect=5, acse=5, dimse=10, idle=10),
+        ) as association:
+            statuses = []
+            for _ in range(count):
+                ds, _ = padded_ct(300 << 10)
+                raw = RawDataSet(CT, ds.SOPInstanceUID, EVLE, ct_bytes(ds))
+                statuses.append((await association.store(raw)).status)
+            return statuses
+
+    async def scenario() -> None:
+        async with serving(tmp_path, max_pdu=48 << 10, max_buffered_bytes=BUDGET) as archive:
+            results = await asyncio.gather(*(one(archive.port, 3) for _ in range(4)))
+            assert results == [[Status.SUCCESS] * 3] * 4
+            await archive.settled()
+            ledger = archive.server.budget.ledger
+            assert ledger.peak <= BUDGET and ledger.reserved == 0
+            assert len(stored_files(tmp_path)) == 12
 
     run(scenario)
 

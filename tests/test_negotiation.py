@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from dimse.negotiation import (
     read_acceptance,
 )
 from dimse.pdu import (
+    MAX_PDATA_CEILING,
     PROTOCOL_VERSION_NOT_SUPPORTED,
     AAssociateAC,
     AAssociateRJ,
@@ -203,6 +205,15 @@ def test_acceptance_of_a_context_that_was_not_proposed() -> None:
         read_acceptance(rq, ac)
 
 
+def test_acceptance_answering_a_context_twice() -> None:
+    """PS3.8 §9.3.3.2: one answer per proposed context ID."""
+    rq = request(ECHO)
+    answer = PresentationContextAC(1, ContextResult.ACCEPTANCE, IVLE)
+    ac = AAssociateAC("A", "B", (answer, answer))
+    with pytest.raises(ProtocolError, match="context ID 1 twice"):
+        read_acceptance(rq, ac)
+
+
 def test_acceptance_with_a_transfer_syntax_that_was_not_proposed() -> None:
     rq = request(ECHO)
     ac = AAssociateAC("A", "B", (PresentationContextAC(1, ContextResult.ACCEPTANCE, EVLE),))
@@ -223,7 +234,12 @@ def test_maximum_pdu_per_direction() -> None:
 
 
 def test_maximum_pdu_zero_means_no_limit_and_absent_means_zero() -> None:
+    # Our own 0 is announced as the ceiling our reader keeps, not as "no limit".
     rq = request(ECHO, max_pdu=0)
+    assert rq.user_item(MaximumLength) == MaximumLength(MAX_PDATA_CEILING)
+    # A peer's 0: we may send PDUs of any length.
+    items = tuple(i for i in rq.user_items if not isinstance(i, MaximumLength))
+    rq = replace(rq, user_items=(MaximumLength(0), *items))
     _, acceptor = accepted(rq)
     assert acceptor.peer_max_pdu == 0
     ac = AAssociateAC("A", "B", (PresentationContextAC(1, ContextResult.ACCEPTANCE, IVLE),))

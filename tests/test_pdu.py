@@ -15,6 +15,7 @@ from dimse.errors import AbortReason, ProtocolError
 from dimse.pdu import (
     APPLICATION_CONTEXT,
     LOCAL_LIMIT_EXCEEDED,
+    MAX_PDATA_CEILING,
     PDU,
     PDV,
     PROTOCOL_VERSION_NOT_SUPPORTED,
@@ -26,6 +27,7 @@ from dimse.pdu import (
     AReleaseRP,
     AReleaseRQ,
     AsyncOperationsWindow,
+    BufferBudget,
     ContextResult,
     ImplementationClassUID,
     ImplementationVersionName,
@@ -651,6 +653,33 @@ def test_malformed_associate_rq(name: str, items: str) -> None:
     assert error.reason is AbortReason.INVALID_PDU_PARAMETER_VALUE
 
 
+def _context_item(context_id: int) -> str:
+    """VERIFICATION_CONTEXT_ITEM with another presentation context ID."""
+    return VERIFICATION_CONTEXT_ITEM.replace("01 00 00 00", f"{context_id:02x} 00 00 00", 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "context_ids"),
+    [("even ID 2", [2]), ("ID 0", [0]), ("even ID 254", [1, 254]), ("ID 1 twice", [1, 3, 1])],
+)
+def test_invalid_presentation_context_ids_are_an_invalid_parameter(
+    name: str, context_ids: list[int]
+) -> None:
+    """PS3.8 §9.3.2.2: odd integers 1-255, unique in the A-ASSOCIATE-RQ (§7.1.1.13);
+    anything else is reason 6, invalid-PDU-parameter-value (Table 9-26)."""
+    contexts = "".join(_context_item(i) for i in context_ids)
+    error = reject(associate_rq_with(APP_CONTEXT_ITEM + contexts + "50 00 0000"))
+    assert error.reason is AbortReason.INVALID_PDU_PARAMETER_VALUE
+    assert "presentation context ID" in str(error)
+
+
+def test_presentation_context_ids_1_to_255_odd_and_unique_are_read() -> None:
+    contexts = "".join(_context_item(i) for i in (255, 1, 127))
+    pdu = decode(associate_rq_with(APP_CONTEXT_ITEM + contexts + "50 00 0000"))
+    assert isinstance(pdu, AAssociateRQ)
+    assert [pc.id for pc in pdu.presentation_contexts] == [255, 1, 127]
+
+
 @pytest.mark.parametrize(
     ("name", "context"),
     [
@@ -708,6 +737,71 @@ def test_no_limit_when_maximum_is_zero() -> None:
     reader.feed(encode(pdu))
     assert reader.next_pdu() == pdu
     assert reader.buffered == 0
+
+
+def test_no_limit_still_stops_at_the_ceiling() -> None:
+    """Maximum Length 0 (we announced no limit, PS3.8 D.1) is still not a 4 GiB buffer:
+    a larger declared length is refused from the header alone."""
+    reader = PDUReader(max_pdata_length=0)
+    reader.feed(hexbytes("04 00 ffffffff 00000002 01 00"))
+    with pytest.raises(ProtocolError) as caught:
+        reader.next_pdu()
+    assert caught.value.reason is AbortReason.INVALID_PDU_PARAMETER_VALUE
+    at_ceiling = PDUReader(max_pdata_length=0)
+    at_ceiling.feed(b"\x04\x00" + MAX_PDATA_CEILING.to_bytes(4, "big"))
+    assert at_ceiling.next_pdu() is None  # accepted: waits for the body
+    assert at_ceiling.pending == 6 + MAX_PDATA_CEILING
+
+
+def test_a_partial_pdu_is_numbered_and_sized_from_its_header() -> None:
+    first, second = encode(AReleaseRQ()), encode(PDataTF((PDV(1, False, True, bytes(10)),)))
+    reader = PDUReader(max_pdata_length=0)
+    assert (reader.count, reader.pending, reader.buffered) == (0, 0, 0)
+    reader.feed(first[:3])
+    assert reader.next_pdu() is None
+    assert (reader.count, reader.pending, reader.buffered) == (0, 0, 3)  # no header yet
+    reader.feed(first[3:] + second[:7])
+    assert reader.next_pdu() == AReleaseRQ()
+    assert reader.next_pdu() is None
+    assert (reader.count, reader.pending, reader.buffered) == (1, len(second), 7)
+    reader.feed(second[7:])
+    assert isinstance(reader.next_pdu(), PDataTF)
+    assert (reader.count, reader.pending, reader.buffered) == (2, 0, 0)
+
+
+# --- the server-wide budget of buffered PDUs ----------------------------------------
+
+
+def test_budget_reserves_what_fits_and_refuses_the_rest() -> None:
+    budget = BufferBudget(64 << 10)
+    assert budget.try_reserve(40 << 10)
+    assert not budget.try_reserve(40 << 10)  # 80 KiB > 64 KiB: the second waits
+    assert budget.reserved == 40 << 10
+    assert budget.try_reserve(24 << 10)  # exactly full
+    budget.release(40 << 10)
+    assert budget.try_reserve(40 << 10)
+    assert budget.peak == budget.limit == 64 << 10
+    budget.release(40 << 10)
+    budget.release(24 << 10)
+    assert budget.reserved == 0
+
+
+def test_budget_lets_one_pdu_larger_than_itself_through_alone() -> None:
+    """No deadlock: with nothing reserved, any single PDU goes through; nothing else
+    does while it is held, so only then does the peak exceed the limit."""
+    budget = BufferBudget(64 << 10)
+    assert budget.try_reserve(100 << 10)
+    assert not budget.try_reserve(1)
+    budget.release(100 << 10)
+    assert budget.try_reserve(1)
+    assert not budget.try_reserve(100 << 10)
+    assert budget.peak == 100 << 10
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_budget_must_be_positive(limit: int) -> None:
+    with pytest.raises(ValueError, match="budget"):
+        BufferBudget(limit)
 
 
 # --- encoding errors (our caller's mistakes) -------------------------------------------

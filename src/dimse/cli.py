@@ -33,7 +33,7 @@ from dimse.index import Index
 from dimse.negotiation import DEFAULT_MAX_PDU
 from dimse.pdu import UserIdentityRQ, UserIdentityType
 from dimse.sender import Client, Kind, Proposal, StoreResult, Summary
-from dimse.server import Server, ServerOptions, default_syntaxes
+from dimse.server import DEFAULT_MAX_BUFFERED, Server, ServerOptions, default_syntaxes
 from dimse.sop_classes import ALL_TRANSFER_SYNTAXES, VERIFICATION
 from dimse.status import Category, category, describe
 from dimse.storage import (
@@ -85,6 +85,13 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _megabytes(value: str) -> int:
+    """A positive whole number of MiB, as bytes."""
+    if not value.isdigit() or not 1 <= int(value) <= 1 << 20:
+        raise argparse.ArgumentTypeError(f"not a size in MiB (1..1048576): {value!r}")
+    return int(value) << 20
+
+
 def _count(value: str) -> int:
     if not value.isdigit():
         raise argparse.ArgumentTypeError(f"not a count: {value!r}")
@@ -133,7 +140,7 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
         "--max-pdu",
         type=_max_pdu,
         default=DEFAULT_MAX_PDU,
-        help=f"maximum PDU we receive, 0 = unlimited ({DEFAULT_MAX_PDU})",
+        help=f"maximum PDU we receive, 0 = the largest (64 MiB) ({DEFAULT_MAX_PDU})",
     )
     parser.add_argument(
         "-to", "--timeout", type=_seconds, default=30.0, help="connect/ACSE timeout, s (30)"
@@ -328,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=1 << 32,
         help="largest data set accepted, bytes; beyond it A700 (4294967296)",
+    )
+    serve.add_argument(
+        "--max-buffered",
+        type=_megabytes,
+        default=DEFAULT_MAX_BUFFERED,
+        metavar="MB",
+        help="MiB all associations together may hold in partially received PDUs; "
+        f"beyond it they stop reading until there is room ({DEFAULT_MAX_BUFFERED >> 20})",
     )
     security = serve.add_argument_group("security (PS3.15 TLS, PS3.7 user identity)")
     security.add_argument("--tls-cert", type=Path, help="our certificate (PEM): serve TLS")
@@ -540,6 +555,7 @@ async def _serve(args: argparse.Namespace) -> int:
         max_associations=args.max_associations,
         max_associations_per_ae=args.max_associations_per_ae,
         max_dataset_size=args.max_dataset_size,
+        max_buffered_bytes=args.max_buffered,
         timeouts=Timeouts(idle=args.idle_timeout),
         ssl_context=_server_tls(args),
         identity=_users_file(args),

@@ -6,6 +6,8 @@ calls the primitives (accept, send_message, release, ...) and writes whatever
 :meth:`Connection.data_to_send` returns. It closes the socket when
 :attr:`Connection.closing` is set, and honours :attr:`Connection.artim_running`
 by calling :meth:`Connection.artim_expired` after its ARTIM timeout.
+:attr:`Connection.partial_pdu` tells it that a PDU has started to arrive, so it
+can time that PDU and account for the memory it will take.
 
 Every (state, event) pair goes through :func:`dimse.upper_layer.lookup`, so the
 behaviour is exactly PS3.8 Table 9-10.
@@ -14,6 +16,7 @@ behaviour is exactly PS3.8 Table 9-10.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from dimse import events as ev
 from dimse.dimse import Message, MessageAssembler, encode_command, fragments
@@ -52,6 +55,18 @@ Buffer = bytes | memoryview
 
 
 _CLOSED = frozenset({State.STA1})
+
+
+class PartialPDU(NamedTuple):
+    """A PDU that has started to arrive: its number in the stream, its whole size.
+
+    `size` (header included) is 0 until the 6-byte header is here.
+    """
+
+    number: int
+    size: int
+
+
 _LOCAL_PRIMITIVES = frozenset({Event.EVT7, Event.EVT8, Event.EVT9, Event.EVT11, Event.EVT14})
 
 
@@ -100,6 +115,18 @@ class Connection:
         if running:  # "start (or restart if already started) ARTIM" (PS3.8 Tables 9-6..9-9)
             self.artim_starts += 1
         self._artim_running = running
+
+    @property
+    def partial_pdu(self) -> PartialPDU | None:
+        """The PDU of which some bytes are buffered but not all, if any.
+
+        The core keeps no clock: the driver times a PDU from its first byte (its
+        number changes when the next one starts) and reserves its size.
+        """
+        reader = self._reader
+        if not reader.buffered or self._unreadable or self.state in _CLOSED:
+            return None
+        return PartialPDU(reader.count, reader.pending)
 
     # --- transport indications ----------------------------------------------------
 

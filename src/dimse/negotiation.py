@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from dimse.errors import ProtocolError
 from dimse.pdu import (
     APPLICATION_CONTEXT,
+    MAX_PDATA_CEILING,
     PROTOCOL_VERSION_NOT_SUPPORTED,
     AAssociateAC,
     AAssociateRJ,
@@ -125,7 +126,7 @@ def build_request(
         for index, c in enumerate(contexts)
     )
     items: list[UserItem] = [
-        MaximumLength(max_pdu),
+        MaximumLength(announced_max_length(max_pdu)),
         ImplementationClassUID(IMPLEMENTATION_CLASS_UID),
     ]
     if async_ops is not None:
@@ -143,10 +144,16 @@ def read_acceptance(rq: AAssociateRQ, ac: AAssociateAC) -> Association:
     proposed = {pc.id: pc for pc in rq.presentation_contexts}
     accepted: dict[int, AcceptedContext] = {}
     rejected: list[PresentationContextAC] = []
+    answered: set[int] = set()
     for answer in ac.presentation_contexts:
         mine = proposed.get(answer.id)
         if mine is None:
             raise ProtocolError(f"A-ASSOCIATE-AC answers unknown context ID {answer.id}")
+        # One answer per proposed context (PS3.8 §9.3.3.2, §7.1.1.13): a second one for
+        # the same ID would leave its result ambiguous.
+        if answer.id in answered:
+            raise ProtocolError(f"A-ASSOCIATE-AC answers context ID {answer.id} twice")
+        answered.add(answer.id)
         if answer.result is not ContextResult.ACCEPTANCE:
             rejected.append(answer)
         elif answer.transfer_syntax not in mine.transfer_syntaxes:
@@ -174,6 +181,13 @@ def read_acceptance(rq: AAssociateRQ, ac: AAssociateAC) -> Association:
         user_identity=rq.user_item(UserIdentityRQ),
         rejected=tuple(rejected),
     )
+
+
+def announced_max_length(max_pdu: int) -> int:
+    """What we announce for our `max_pdu`: our 0 ("no limit") is in fact the ceiling
+    our PDU reader keeps (MAX_PDATA_CEILING). Announcing 0 would let a peer send one
+    larger P-DATA-TF, which we would then have to abort (PS3.8 D.1)."""
+    return max_pdu or MAX_PDATA_CEILING
 
 
 def _announced_max_pdu(pdu: AAssociateRQ | AAssociateAC) -> int:
@@ -271,7 +285,7 @@ def negotiate(
         return _user_reject(RejectReason.NO_REASON_GIVEN)
 
     items: list[UserItem] = [
-        MaximumLength(policy.max_pdu),
+        MaximumLength(announced_max_length(policy.max_pdu)),
         ImplementationClassUID(IMPLEMENTATION_CLASS_UID),
     ]
     invoked, performed = 1, 1

@@ -27,6 +27,10 @@ _U16 = struct.Struct(">H")
 #: The largest non-P-DATA PDU we accept: an A-ASSOCIATE-RQ with 128 contexts of
 #: 64 transfer syntaxes stays far below this.
 MAX_CONTROL_PDU = 1 << 20
+#: The largest P-DATA-TF we accept when we announced no limit (Maximum Length 0, PS3.8
+#: D.1): a 32-bit PDU length must not become a 4 GiB buffer. The CLI's -pdu allows
+#: no larger configured maximum either.
+MAX_PDATA_CEILING = 1 << 26
 
 
 class PDUType(enum.IntEnum):
@@ -572,12 +576,33 @@ def _decode_associate(kind: PDUType, body: memoryview) -> AAssociateRQ | AAssoci
     if kind is PDUType.ASSOCIATE_RQ:
         if not rq_contexts:
             raise ProtocolError("A-ASSOCIATE-RQ without presentation context")
+        _check_context_ids(rq_contexts)
         return AAssociateRQ(
             called, calling, tuple(rq_contexts), tuple(user_items), app_context, version
         )
     return AAssociateAC(
         called, calling, tuple(ac_contexts), tuple(user_items), app_context, version
     )
+
+
+def _check_context_ids(contexts: list[PresentationContextRQ]) -> None:
+    """Presentation context IDs are odd integers 1-255, unique in the request.
+
+    PS3.8 §9.3.2.2 (and §7.1.1.13) fixes their values. An even or repeated ID is an
+    invalid parameter value of the A-ASSOCIATE-RQ, answered like every other invalid
+    field of a received PDU: A-ABORT, source service provider, reason 6
+    invalid-PDU-parameter-value (PS3.8 Table 9-26; Evt19, Table 9-10). Rejecting just
+    that context is not possible: the A-ASSOCIATE-AC answers each context by its ID
+    (§9.3.3.2), so a repeated ID could not be answered unambiguously, and an even one
+    could not be echoed without sending an invalid value ourselves.
+    """
+    seen: set[int] = set()
+    for context in contexts:
+        if not context.id & 1:  # a byte, so only the parity is left to check (0 is even)
+            raise ProtocolError(f"presentation context ID {context.id} is not odd")
+        if context.id in seen:
+            raise ProtocolError(f"presentation context ID {context.id} proposed twice")
+        seen.add(context.id)
 
 
 def _decode_context_rq(value: memoryview) -> PresentationContextRQ:
@@ -671,17 +696,34 @@ class PDUReader:
     """Cuts a byte stream into PDUs; holds at most one PDU in memory.
 
     `max_pdata_length` is the Maximum Length we announced (0: no limit): a peer
-    that sends a larger P-DATA-TF broke the negotiation (PS3.8 D.1).
+    that sends a larger P-DATA-TF broke the negotiation (PS3.8 D.1). "No limit" is
+    still :data:`MAX_PDATA_CEILING`, so a declared length never becomes an allocation
+    we did not choose. Only our own announcement bounds what we read, never the
+    peer's: its Maximum Length bounds what we send.
     """
 
     def __init__(self, max_pdata_length: int, max_control_length: int = MAX_CONTROL_PDU):
         self.max_pdata_length = max_pdata_length
         self.max_control_length = max_control_length
+        #: PDUs returned so far: the number of the next one, which the driver's timers
+        #: and buffer reservations are keyed on.
+        self.count = 0
         self._buffer = bytearray()
 
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+    @property
+    def pending(self) -> int:
+        """Bytes of the PDU being buffered (header included), once its header is here.
+
+        0 before 6 bytes have arrived. The header was checked against the limits by
+        the :meth:`next_pdu` that returned None, so this never exceeds them.
+        """
+        if len(self._buffer) < 6:
+            return 0
+        return 6 + int(_HEADER.unpack_from(self._buffer)[1])
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._buffer += data
@@ -698,12 +740,16 @@ class PDUReader:
             raise ProtocolError(
                 f"unknown PDU type 0x{kind_byte:02X}", AbortReason.UNRECOGNIZED_PDU
             ) from None
-        limit = self.max_pdata_length if kind is PDUType.P_DATA_TF else self.max_control_length
+        if kind is PDUType.P_DATA_TF:
+            limit = self.max_pdata_length or MAX_PDATA_CEILING
+        else:
+            limit = self.max_control_length
         if limit and length > limit:
             raise ProtocolError(f"{kind.name} PDU of {length} bytes exceeds the limit of {limit}")
         if len(buffer) < 6 + length:
             return None
         end = 6 + length
+        self.count += 1
         if len(buffer) - end <= length:
             # Hand the PDU over in place and keep a copy of the shorter rest: a large
             # P-DATA-TF is then never copied (the buffer is not resized while viewed).
@@ -714,3 +760,37 @@ class PDUReader:
                 body = memoryview(view[6:end].tobytes())
             del buffer[:end]
         return _decode_body(kind, body)
+
+
+class BufferBudget:
+    """A server-wide count of bytes reserved for PDUs being buffered; no I/O, no clock.
+
+    Each association holds at most one partial PDU, so memory per association is
+    bounded by the largest PDU we accept; this bounds the sum over associations. A
+    reservation that does not fit is refused (the caller stops reading and asks
+    again once something is released), except when nothing at all is reserved: a
+    PDU larger than the whole budget then goes through alone, so an association can
+    always proceed and no set of waiting associations can deadlock.
+    """
+
+    __slots__ = ("limit", "peak", "reserved")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"a buffer budget must be at least 1 byte, not {limit}")
+        self.limit = limit
+        self.reserved = 0
+        self.peak = 0  # the most ever reserved at once
+
+    def try_reserve(self, size: int) -> bool:
+        """Reserve `size` bytes if they fit (or nothing else is reserved)."""
+        reserved = self.reserved + size
+        if reserved > self.limit and self.reserved:
+            return False
+        self.reserved = reserved
+        if reserved > self.peak:
+            self.peak = reserved
+        return True
+
+    def release(self, size: int) -> None:
+        self.reserved -= size

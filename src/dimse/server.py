@@ -41,10 +41,14 @@ from dimse.pdu import (
 )
 from dimse.sop_classes import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION
 from dimse.status import Status
-from dimse.transport import STREAM_LIMIT, Link, Timeouts
+from dimse.transport import STREAM_LIMIT, Link, ReadBudget, Timeouts
 from dimse.upper_layer import State
 
 log = logging.getLogger("dimse.server")
+
+#: Bytes of partially received PDUs all associations may hold together: 256
+#: associations each in the middle of a 1 MiB PDU (our default maximum).
+DEFAULT_MAX_BUFFERED = 256 << 20
 
 _T = TypeVar("_T")
 
@@ -130,6 +134,9 @@ class ServerOptions:
     max_associations: int = 50
     max_associations_per_ae: int = 0  # 0: only the global cap
     max_dataset_size: int = 1 << 32  # bytes; beyond it a C-STORE fails with A700
+    #: Bytes all associations together may hold in partial PDUs; an association whose
+    #: next PDU does not fit stops reading until another releases (see ReadBudget).
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED
     timeouts: Timeouts = field(default_factory=Timeouts)
     ssl_context: ssl.SSLContext | None = None
     reuse_port: bool = False  # SO_REUSEPORT: several processes share the port
@@ -162,6 +169,8 @@ class Server:
         self.port = port
         self.options = options or ServerOptions()
         self._policy = self.options.policy()
+        #: Server-wide: every association reserves the PDU it buffers here.
+        self.budget = ReadBudget(self.options.max_buffered_bytes)
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
         self._per_ae: Counter[str] = Counter()
@@ -223,7 +232,7 @@ class Server:
         await self.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        link = Link(Connection(), reader, writer, self.options.timeouts)
+        link = Link(Connection(), reader, writer, self.options.timeouts, self.budget)
         session = _Session(self, link)
         task = asyncio.current_task()
         assert task is not None
@@ -268,17 +277,29 @@ class _Session:
             try:
                 data = await self.link.read()
             except TimeoutError:
-                if self.connection.artim_running:
-                    log.warning("%s: ARTIM expired; closing", self.peer.address)
-                    self.connection.artim_expired()
-                else:
-                    self.abort("idle timeout")
-                self.link.flush()
+                self._expired()
                 continue
             for event in self.connection.receive_data(data):
                 await self._dispatch(event)
+            self.link.consumed()  # a PDU handed over whole frees its budget now
             await self.link.drain()
             await self._throttle()
+
+    def _expired(self) -> None:
+        """A read timed out: ARTIM (PS3.8 §9.1.5), a PDU not whole in time, or idle."""
+        idle = self.link.timeouts.idle
+        if self.connection.artim_running:
+            log.warning("%s: ARTIM expired; closing", self.peer.address)
+            self.connection.artim_expired()
+        elif self.link.expired == "pdu":
+            # A PDU must be whole within the idle timeout from its first byte: a peer
+            # dripping bytes would otherwise hold the association (and its buffer).
+            self.abort(f"PDU not complete after {idle:g} s")
+        elif self.link.expired == "budget":
+            self.abort(f"no buffer room for a PDU in {idle:g} s (server busy)")
+        else:
+            self.abort("idle timeout")
+        self.link.flush()
 
     async def _throttle(self) -> None:
         """Stop reading while as many operations run as the peer may have outstanding."""

@@ -7,9 +7,11 @@ import contextlib
 import logging
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from dimse.connection import Connection
+from dimse.pdu import BufferBudget
 
 READ_SIZE = 1 << 18
 #: asyncio's StreamReader stops reading the socket at twice this: what a slow consumer
@@ -25,8 +27,9 @@ class Timeouts:
 
     `connect`: TCP connection set-up. `acse`: waiting for the A-ASSOCIATE answer,
     and the ARTIM timer (PS3.8 §9.1.5). `dimse`: waiting for a response to a
-    request. `idle`: an established association on which nothing arrives, and a peer
-    that reads nothing of what we send.
+    request. `idle`: an established association on which no whole PDU arrives (a
+    PDU that has started must be complete within it, counted from its first byte),
+    and a peer that reads nothing of what we send.
     """
 
     connect: float | None = 30.0
@@ -45,6 +48,49 @@ def set_nodelay(writer: asyncio.StreamWriter) -> None:
 DEFAULT_TIMEOUTS = Timeouts()
 
 
+class ReadBudget:
+    """The asyncio side of a :class:`~dimse.pdu.BufferBudget`: waiting for room, in turn.
+
+    Shared by every association of a server (one event loop: no locks). Waiters are
+    served first come, first served, so a large PDU is not starved by small ones.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.ledger = BufferBudget(limit)
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        """Associations that stopped reading until the budget has room."""
+        return len(self._waiters)
+
+    async def reserve(self, size: int) -> None:
+        """Reserve `size` bytes, waiting while they do not fit (cancel to give up)."""
+        if not self._waiters and self.ledger.try_reserve(size):
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (size, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release(size)  # granted in the same turn as the cancellation
+            else:
+                self._waiters.remove(entry)
+                self._grant()  # the next in line may fit where this one did not
+            raise
+
+    def release(self, size: int) -> None:
+        self.ledger.release(size)
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self.ledger.try_reserve(self._waiters[0][0]):
+            _, waiter = self._waiters.popleft()
+            waiter.set_result(None)
+
+
 class Link:
     """A Connection bound to a stream: flushes its output and closes when told to."""
 
@@ -54,15 +100,23 @@ class Link:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         timeouts: Timeouts,
+        budget: ReadBudget | None = None,
     ) -> None:
         self.connection = connection
         self.reader = reader
         self.writer = writer
         self.timeouts = timeouts
+        self.budget = budget
         set_nodelay(writer)
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._artim: tuple[int, float] | None = None  # (which start, deadline) of ARTIM
+        self._pdu: tuple[int, float] | None = None  # (which PDU, deadline) of a partial PDU
+        self._arrived = time.monotonic()  # when the last bytes came
+        self._held: tuple[int, int] | None = None  # (which PDU, bytes) reserved in budget
+        #: Why the last read timed out: "artim", "pdu" (a PDU not complete in time),
+        #: "budget" (no room in the budget for it in that time) or "idle".
+        self.expired = ""
         self._dropped = False  # we dropped a peer that read nothing: read no more either
 
     def flush(self) -> None:
@@ -97,26 +151,84 @@ class Link:
 
         The wait is what is left of ARTIM while the timer runs, counted from its start
         and not from the last bytes received, so a peer that drips a PDU byte by byte
-        cannot hold the connection (PS3.8 §9.1.5); else the idle timeout. TimeoutError
-        when it runs out: the sans-I/O core keeps no clock of its own.
+        cannot hold the connection (PS3.8 §9.1.5). Otherwise a PDU that has started
+        must be complete within the idle timeout from its first byte, for the same
+        reason; between PDUs the idle timeout runs from now. TimeoutError when the wait
+        runs out (:attr:`expired` says which): the sans-I/O core keeps no clock.
+
+        With a budget, a PDU whose header is here is reserved in full before reading
+        on; while it does not fit, nothing is read (the bytes wait in the kernel). Only
+        once an association exists: before, the request is bounded by its own limit
+        (MAX_CONTROL_PDU) and ARTIM, and reserving what a 6-byte header declares would
+        let peers nobody admitted block the budget for everyone.
         """
         if self._dropped:
             return b""  # what the peer sent before we dropped it is not read
-        timeout = self.timeouts.idle
-        if self.connection.artim_running:
-            timeout = self.timeouts.acse
+        self.consumed()
+        connection = self.connection
+        partial = connection.partial_pdu
+        now = time.monotonic()
+        if connection.artim_running:
+            self.expired, timeout = "artim", self.timeouts.acse
             if timeout is not None:
-                now, started = time.monotonic(), self.connection.artim_starts
+                started = connection.artim_starts
                 if self._artim is None or self._artim[0] != started:
                     self._artim = (started, now + timeout)
                 timeout = max(self._artim[1] - now, 0.0)
+        elif partial is not None:
+            self.expired, timeout = "pdu", self.timeouts.idle
+            if timeout is not None:
+                if self._pdu is None or self._pdu[0] != partial.number:
+                    self._pdu = (partial.number, self._arrived + timeout)
+                timeout = max(self._pdu[1] - now, 0.0)
+        else:
+            self.expired, timeout = "idle", self.timeouts.idle
         try:
             async with asyncio.timeout(timeout):  # no task per read, unlike wait_for
-                return await self.reader.read(READ_SIZE)
+                if (
+                    self.budget is not None
+                    and partial is not None
+                    and partial.size
+                    and connection.association is not None
+                ):
+                    await self._reserve(partial.number, partial.size)
+                data = await self.reader.read(READ_SIZE)
         except ConnectionError:
             return b""
+        self._arrived = time.monotonic()
+        return data
+
+    async def _reserve(self, number: int, size: int) -> None:
+        """Hold `size` bytes of the budget for PDU `number` before reading more of it."""
+        if self._held is not None:
+            return  # reserved by an earlier read of this PDU
+        assert self.budget is not None
+        timer = self.expired
+        self.expired = "budget" if timer == "pdu" else timer
+        await self.budget.reserve(size)
+        self.expired = timer
+        self._held = (number, size)
+
+    def consumed(self) -> None:
+        """Release the budget held for a PDU that is now whole and has been acted on.
+
+        Called before each read; a driver may call it as soon as it has acted on a
+        read's events. Nothing happens while that PDU is still partial.
+        """
+        held = self._held
+        if held is not None:
+            partial = self.connection.partial_pdu
+            if partial is None or partial.number != held[0]:
+                self._release()
+
+    def _release(self) -> None:
+        if self._held is not None:
+            size, self._held = self._held[1], None
+            assert self.budget is not None
+            self.budget.release(size)
 
     async def close(self) -> None:
+        self._release()
         if not self.writer.is_closing():
             self.writer.close()
         try:
