@@ -656,7 +656,8 @@ def test_a_peer_that_never_reads(tmp_path: Path, recorded_links: list[Link]) -> 
             server_link = recorded_links[0]
             largest = 0
             while archive.server.active_associations and time.monotonic() - stalled < 10:
-                transport = server_link.writer.transport
+                transport = server_link.stream.transport
+                assert transport is not None
                 if not transport.is_closing():
                     largest = max(largest, transport.get_write_buffer_size())
                 await asyncio.sleep(0.05)

@@ -49,7 +49,7 @@ from dimse.pdu import (
     UserIdentityRQ,
 )
 from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES
-from dimse.transport import DEFAULT_TIMEOUTS, STREAM_LIMIT, Link, Timeouts
+from dimse.transport import DEFAULT_TIMEOUTS, Link, Stream, Timeouts
 from dimse.upper_layer import State
 
 log = logging.getLogger("dimse.client")
@@ -161,7 +161,7 @@ class ClientAssociation:
         """A-ABORT (PS3.8 §7.3): drop the association at once."""
         self._link.connection.abort()
         self._link.flush()
-        self._link.writer.close()
+        self._link.stream.close()
         self._fail(AssociationError("association aborted by the local user"))
 
     async def __aenter__(self) -> ClientAssociation:
@@ -479,8 +479,8 @@ async def _open(
     timeouts: Timeouts,
 ) -> ClientAssociation:
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=ssl_context, limit=STREAM_LIMIT),
+        _, stream = await asyncio.wait_for(
+            asyncio.get_running_loop().create_connection(Stream, host, port, ssl=ssl_context),
             timeouts.connect,
         )
     except TimeoutError:
@@ -488,7 +488,7 @@ async def _open(
     except OSError as error:
         raise AssociationError(f"could not connect to {host}:{port}: {error}") from None
     connection = Connection(request)
-    link = Link(connection, reader, writer, timeouts)
+    link = Link(connection, stream, timeouts)
     connection.connection_made()
     await link.drain()
     try:

@@ -137,8 +137,11 @@ class Connection:
             return self._run(Event.EVT2)
         return self._run(Event.EVT5)
 
-    def receive_data(self, data: bytes) -> list[ev.Event]:
-        """Bytes from the peer; b"" means the peer closed the connection (Evt17)."""
+    def receive_data(self, data: bytes | bytearray) -> list[ev.Event]:
+        """Bytes from the peer; empty means the peer closed the connection (Evt17).
+
+        A bytearray is taken over, not copied: the caller must not touch it again.
+        """
         if not data:
             return self._run(Event.EVT17) if self.state is not State.STA1 else []
         if self.state in (State.STA1, State.STA4) or self._unreadable:

@@ -726,7 +726,11 @@ class PDUReader:
         return 6 + int(_HEADER.unpack_from(self._buffer)[1])
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._buffer += data
+        """Append `data`; a bytearray is taken over (not copied) when nothing waits."""
+        if not self._buffer and type(data) is bytearray:
+            self._buffer = data
+        else:
+            self._buffer += data
 
     def next_pdu(self) -> PDU | None:
         """The next whole PDU, or None until more bytes arrive."""

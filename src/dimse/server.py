@@ -41,7 +41,7 @@ from dimse.pdu import (
 )
 from dimse.sop_classes import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION
 from dimse.status import Status
-from dimse.transport import STREAM_LIMIT, Link, ReadBudget, Timeouts
+from dimse.transport import Link, ReadBudget, Stream, Timeouts
 from dimse.upper_layer import State
 
 log = logging.getLogger("dimse.server")
@@ -192,12 +192,11 @@ class Server:
         session.counted = True
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept,
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: Stream(self._connected),
             self.host,
             self.port,
             ssl=self.options.ssl_context,
-            limit=STREAM_LIMIT,
             reuse_address=True,
             reuse_port=self.options.reuse_port or None,
         )
@@ -231,12 +230,15 @@ class Server:
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        link = Link(Connection(), reader, writer, self.options.timeouts, self.budget)
+    def _connected(self, stream: Stream) -> None:
+        task = asyncio.get_running_loop().create_task(self._accept(stream))
+        self._sessions.add(task)
+
+    async def _accept(self, stream: Stream) -> None:
+        link = Link(Connection(), stream, self.options.timeouts, self.budget)
         session = _Session(self, link)
         task = asyncio.current_task()
         assert task is not None
-        self._sessions.add(task)
         try:
             await session.run()
         except asyncio.CancelledError:
@@ -524,7 +526,7 @@ class _Session:
         log.warning("%s: %s: aborting (%s)", self.peer.address, self.peer.calling_ae, reason)
         self.connection.abort()
         self.link.flush()
-        self.link.writer.close()
+        self.link.stream.close()
 
     async def cleanup(self) -> None:
         for task in self._working:

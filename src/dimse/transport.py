@@ -8,14 +8,15 @@ import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dimse.connection import Connection
 from dimse.pdu import BufferBudget
 
-READ_SIZE = 1 << 18
-#: asyncio's StreamReader stops reading the socket at twice this: what a slow consumer
-#: leaves unread stays in the kernel's buffers, not in our memory.
+READ_SIZE = 1 << 18  # the most one receive from the socket takes
+#: A Stream stops reading the socket while this much waits unread: what a slow
+#: consumer leaves stays in the kernel's buffers, not in our memory.
 STREAM_LIMIT = 1 << 17
 
 log = logging.getLogger("dimse.transport")
@@ -38,11 +39,119 @@ class Timeouts:
     idle: float | None = 300.0
 
 
-def set_nodelay(writer: asyncio.StreamWriter) -> None:
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
     """Nagle + delayed ACK would hold every small response ~40-200 ms."""
-    sock = writer.get_extra_info("socket")
+    sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Stream(asyncio.BufferedProtocol):
+    """A socket as an asyncio protocol: what arrives is received straight into one
+    reused buffer and appended to what waits to be read.
+
+    In place of asyncio's StreamReader/StreamWriter, which copy every received byte
+    three times (into the reader's buffer, out of it, and into our PDU reader); here
+    it is copied once, and read() hands the bytes over without a copy, for the PDU
+    reader to adopt. Profiled on 100 MB images, those copies were half of the
+    receiving event loop's time.
+    """
+
+    def __init__(self, on_connected: Callable[[Stream], object] | None = None) -> None:
+        self.transport: asyncio.Transport | None = None
+        # Called once connected: for TLS after the handshake, never when it fails.
+        self._on_connected = on_connected
+        self._chunk = bytearray(READ_SIZE)
+        self._unread = bytearray()
+        self._eof = False
+        self._reading: asyncio.Future[None] | None = None  # read() waits for data
+        self._draining: asyncio.Future[None] | None = None  # drain() waits for room
+        self._writable = True
+        self._closed = asyncio.get_running_loop().create_future()
+
+    # --- asyncio's side -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        set_nodelay(transport)
+        if self._on_connected is not None:
+            self._on_connected(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self._chunk)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._unread += memoryview(self._chunk)[:nbytes]
+        if len(self._unread) >= STREAM_LIMIT and self.transport is not None:
+            self.transport.pause_reading()
+        self._wake(self._reading)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake(self._reading)
+        return False  # close our side too: a DICOM peer that stops sending is done
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._wake(self._reading)
+        self._wake(self._draining)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writable = False
+
+    def resume_writing(self) -> None:
+        self._writable = True
+        self._wake(self._draining)
+
+    @staticmethod
+    def _wake(waiter: asyncio.Future[None] | None) -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- ours -----------------------------------------------------------------------
+
+    async def read(self) -> bytearray:
+        """What has arrived, handed over (not copied); empty at end of stream."""
+        while not self._unread and not self._eof:
+            self._reading = asyncio.get_running_loop().create_future()
+            try:
+                await self._reading
+            finally:
+                self._reading = None
+        data, self._unread = self._unread, bytearray()
+        if self.transport is not None and not self._eof:
+            self.transport.resume_reading()  # a no-op unless it was paused
+        return data
+
+    def writelines(self, data: list[bytes | memoryview]) -> None:
+        assert self.transport is not None
+        self.transport.writelines(data)
+
+    async def drain(self) -> None:
+        """Wait while the transport holds more than its high-water mark unsent."""
+        while not self._writable and not self._closed.done():
+            self._draining = asyncio.get_running_loop().create_future()
+            try:
+                await self._draining
+            finally:
+                self._draining = None
+
+    def is_closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
 
 
 DEFAULT_TIMEOUTS = Timeouts()
@@ -97,18 +206,16 @@ class Link:
     def __init__(
         self,
         connection: Connection,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        stream: Stream,
         timeouts: Timeouts,
         budget: ReadBudget | None = None,
     ) -> None:
         self.connection = connection
-        self.reader = reader
-        self.writer = writer
+        self.stream = stream
         self.timeouts = timeouts
         self.budget = budget
-        set_nodelay(writer)
-        peer = writer.get_extra_info("peername")
+        assert stream.transport is not None
+        peer = stream.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._artim: tuple[int, float] | None = None  # (which start, deadline) of ARTIM
         self._pdu: tuple[int, float] | None = None  # (which PDU, deadline) of a partial PDU
@@ -122,21 +229,21 @@ class Link:
     def flush(self) -> None:
         """Hand what the connection wants to send to the socket; close if it is done."""
         data = self.connection.data_to_send()
-        if data and not self.writer.is_closing():
-            self.writer.writelines(data)
-        if self.connection.closing and not self.writer.is_closing():
-            self.writer.close()
+        if data and not self.stream.is_closing():
+            self.stream.writelines(data)
+        if self.connection.closing and not self.stream.is_closing():
+            self.stream.close()
 
     async def drain(self) -> None:
         self.flush()
-        if not self.writer.is_closing():
+        if not self.stream.is_closing():
             # A lost connection is reported by the read side, as Evt17.
             with contextlib.suppress(ConnectionError):
                 try:
                     # asyncio.timeout, not wait_for: no task, no extra turn of the loop
                     # per drain, in which more input would pile up in the reader.
                     async with asyncio.timeout(self.timeouts.idle):
-                        await self.writer.drain()
+                        await self.stream.drain()
                 except TimeoutError:
                     # The peer reads nothing: what we send piles up, and a close would
                     # wait for it forever. Drop the connection; the read side sees Evt17.
@@ -144,10 +251,10 @@ class Link:
                         "%s: nothing written for %s s; dropped", self.peer, self.timeouts.idle
                     )
                     self._dropped = True
-                    self.writer.transport.abort()
+                    self.stream.abort()
 
-    async def read(self) -> bytes:
-        """The next bytes from the peer; b"" at end of stream or reset.
+    async def read(self) -> bytes | bytearray:
+        """The next bytes from the peer; empty at end of stream or reset.
 
         The wait is what is left of ARTIM while the timer runs, counted from its start
         and not from the last bytes received, so a peer that drips a PDU byte by byte
@@ -183,18 +290,15 @@ class Link:
                 timeout = max(self._pdu[1] - now, 0.0)
         else:
             self.expired, timeout = "idle", self.timeouts.idle
-        try:
-            async with asyncio.timeout(timeout):  # no task per read, unlike wait_for
-                if (
-                    self.budget is not None
-                    and partial is not None
-                    and partial.size
-                    and connection.association is not None
-                ):
-                    await self._reserve(partial.number, partial.size)
-                data = await self.reader.read(READ_SIZE)
-        except ConnectionError:
-            return b""
+        async with asyncio.timeout(timeout):  # no task per read, unlike wait_for
+            if (
+                self.budget is not None
+                and partial is not None
+                and partial.size
+                and connection.association is not None
+            ):
+                await self._reserve(partial.number, partial.size)
+            data = await self.stream.read()
         self._arrived = time.monotonic()
         return data
 
@@ -229,11 +333,11 @@ class Link:
 
     async def close(self) -> None:
         self._release()
-        if not self.writer.is_closing():
-            self.writer.close()
+        if not self.stream.is_closing():
+            self.stream.close()
         try:
-            with contextlib.suppress(ConnectionError, OSError):  # already gone
-                # A close waits until all is written: bounded, for a peer that reads nothing.
-                await asyncio.wait_for(self.writer.wait_closed(), self.timeouts.acse)
+            # A close waits until all is written: bounded, for a peer that reads nothing.
+            async with asyncio.timeout(self.timeouts.acse):
+                await self.stream.wait_closed()
         except TimeoutError:
-            self.writer.transport.abort()
+            self.stream.abort()
