@@ -276,14 +276,14 @@ class ClientAssociation:
         connection = self._link.connection
         while connection.state is not State.STA1:
             try:
-                data = await self._link.read()
+                events = await self._link.receive()
             except TimeoutError:
                 if connection.artim_running:
                     connection.artim_expired()
                     self._link.flush()
                     continue
-                data = b""  # idle for too long: the peer is gone
-            for event in connection.receive_data(data):
+                events = connection.transport_closed()  # idle for too long: the peer is gone
+            for event in events:
                 self._dispatch(event)
             self._link.flush()
         self._fail(AssociationError("association closed"))
@@ -478,23 +478,23 @@ async def _open(
     ssl_context: ssl.SSLContext | None,
     timeouts: Timeouts,
 ) -> ClientAssociation:
+    connection = Connection(request)
     try:
         _, stream = await asyncio.wait_for(
-            asyncio.get_running_loop().create_connection(Stream, host, port, ssl=ssl_context),
+            asyncio.get_running_loop().create_connection(
+                lambda: Stream(connection), host, port, ssl=ssl_context
+            ),
             timeouts.connect,
         )
     except TimeoutError:
         raise AssociationError(f"could not connect to {host}:{port}: timed out") from None
     except OSError as error:
         raise AssociationError(f"could not connect to {host}:{port}: {error}") from None
-    connection = Connection(request)
     link = Link(connection, stream, timeouts)
-    connection.connection_made()
     await link.drain()
     try:
         while True:
-            data = await asyncio.wait_for(link.read(), timeouts.acse)
-            for event in connection.receive_data(data):
+            for event in await asyncio.wait_for(link.receive(), timeouts.acse):
                 if isinstance(event, ev.AssociationAccepted):
                     link.flush()
                     return ClientAssociation(link, event.association)

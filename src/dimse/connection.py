@@ -23,6 +23,7 @@ from dimse.dimse import Message, MessageAssembler, encode_command, fragments
 from dimse.errors import AbortReason, LocalProtocolError, ProtocolError
 from dimse.negotiation import DEFAULT_MAX_PDU, Association, provider_rejection, read_acceptance
 from dimse.pdu import (
+    MIN_RECEIVE,
     PDU,
     AAbort,
     AAssociateAC,
@@ -90,6 +91,7 @@ class Connection:
         self._events: list[ev.Event] = []
         self._reader = PDUReader(DEFAULT_MAX_PDU)
         self._unreadable = False
+        self._scratch = bytearray(MIN_RECEIVE)  # receives what is dropped unread
         self._assembler = MessageAssembler()
         self._release_deferred = False
         self._pdu: PDU | None = None
@@ -124,9 +126,10 @@ class Connection:
         number changes when the next one starts) and reserves its size.
         """
         reader = self._reader
-        if not reader.buffered or self._unreadable or self.state in _CLOSED:
-            return None
-        return PartialPDU(reader.count, reader.pending)
+        buffered, size = reader.buffered, reader.pending
+        if not buffered or 0 < size <= buffered or self._unreadable or self.state in _CLOSED:
+            return None  # nothing, or a whole PDU that next_events() will read
+        return PartialPDU(reader.count, size)
 
     # --- transport indications ----------------------------------------------------
 
@@ -137,21 +140,46 @@ class Connection:
             return self._run(Event.EVT2)
         return self._run(Event.EVT5)
 
-    def receive_data(self, data: bytes | bytearray) -> list[ev.Event]:
-        """Bytes from the peer; empty means the peer closed the connection (Evt17).
-
-        A bytearray is taken over, not copied: the caller must not touch it again.
-        """
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[ev.Event]:
+        """Bytes from the peer; empty means the peer closed the connection (Evt17)."""
         if not data:
-            return self._run(Event.EVT17) if self.state is not State.STA1 else []
-        if self.state in (State.STA1, State.STA4) or self._unreadable:
-            # Transport gone (PS3.8 §9.2), or the stream lost its framing after an
-            # invalid PDU: nothing after it can be read as PDUs, so nothing is.
-            return []
-        self._reader.feed(data)
+            return self.next_events() + self.transport_closed()
+        if self._reading:
+            self._reader.feed(data)
+        return self.next_events()
+
+    # The asyncio.BufferedProtocol shape, for drivers that receive in place: bytes go
+    # into get_buffer()'s room, buffer_updated() counts them, next_events() reads them.
+
+    def get_buffer(self, size: int = 0) -> memoryview:
+        """Where the next received bytes go: the PDU reader's own buffer, or a scratch
+        area whose bytes are dropped when nothing more may be read."""
+        if self._reading:
+            return self._reader.get_buffer(size)
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._reading:
+            self._reader.buffer_updated(nbytes)
+
+    @property
+    def _reading(self) -> bool:
+        # Transport gone (PS3.8 §9.2), or the stream lost its framing after an
+        # invalid PDU: nothing after it can be read as PDUs, so nothing is.
+        return self.state not in (State.STA1, State.STA4) and not self._unreadable
+
+    @property
+    def backlog(self) -> int:
+        """Bytes received beyond the PDU being received (a driver behind on
+        next_events()); a driver stops receiving while there are too many."""
+        reader = self._reader
+        return max(reader.buffered - reader.pending, 0) if self._reading else 0
+
+    def next_events(self) -> list[ev.Event]:
+        """The events of every whole PDU received so far."""
         events: list[ev.Event] = []
         # _run() may close the connection, or abort it for a PDU with invalid content:
-        # either way nothing after that PDU is read, even when this read holds more.
+        # either way nothing after that PDU is read, even when more was received.
         while self.state not in _CLOSED and not self._unreadable:
             try:
                 pdu = self._reader.next_pdu()
@@ -163,6 +191,10 @@ class Connection:
                 events += self._run(Event.EVT19, error=error)
                 break
         return events
+
+    def transport_closed(self) -> list[ev.Event]:
+        """The peer closed the transport connection (Evt17)."""
+        return self._run(Event.EVT17) if self.state is not State.STA1 else []
 
     def artim_expired(self) -> list[ev.Event]:
         """The driver's ARTIM timer ran out (Evt18)."""
@@ -274,7 +306,7 @@ class Connection:
     def _ae_2(self, _: list[Buffer] | None) -> None:
         assert self.request is not None
         announced = self.request.user_item(MaximumLength)
-        self._reader = PDUReader(announced.max_length if announced else 0)
+        self._reader.max_pdata_length = announced.max_length if announced else 0
         self._send(self.request)
 
     def _ae_3(self, _: list[Buffer] | None) -> None:

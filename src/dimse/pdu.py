@@ -31,6 +31,8 @@ MAX_CONTROL_PDU = 1 << 20
 #: D.1): a 32-bit PDU length must not become a 4 GiB buffer. The CLI's -pdu allows
 #: no larger configured maximum either.
 MAX_PDATA_CEILING = 1 << 26
+#: The least room a receive into a PDUReader gets.
+MIN_RECEIVE = 1 << 16
 
 
 class PDUType(enum.IntEnum):
@@ -700,6 +702,10 @@ class PDUReader:
     still :data:`MAX_PDATA_CEILING`, so a declared length never becomes an allocation
     we did not choose. Only our own announcement bounds what we read, never the
     peer's: its Maximum Length bounds what we send.
+
+    Bytes arrive by :meth:`feed`, or are received straight into the buffer the PDU
+    will be handed over from (:meth:`get_buffer`, :meth:`buffer_updated`: the shape
+    of asyncio's BufferedProtocol), so a large P-DATA-TF is never copied.
     """
 
     def __init__(self, max_pdata_length: int, max_control_length: int = MAX_CONTROL_PDU):
@@ -708,11 +714,12 @@ class PDUReader:
         #: PDUs returned so far: the number of the next one, which the driver's timers
         #: and buffer reservations are keyed on.
         self.count = 0
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # its first _filled bytes are the stream's
+        self._filled = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return self._filled
 
     @property
     def pending(self) -> int:
@@ -721,21 +728,42 @@ class PDUReader:
         0 before 6 bytes have arrived. The header was checked against the limits by
         the :meth:`next_pdu` that returned None, so this never exceeds them.
         """
-        if len(self._buffer) < 6:
+        if self._filled < 6:
             return 0
         return 6 + int(_HEADER.unpack_from(self._buffer)[1])
 
+    def get_buffer(self, size: int = MIN_RECEIVE) -> memoryview:
+        """Room for at least `size` more bytes; for the rest of the PDU being received
+        when its header is here and within our limits, so that it lands in place."""
+        filled = self._filled
+        want = max(size, MIN_RECEIVE)
+        if filled >= 6:
+            kind_byte, length = _HEADER.unpack_from(self._buffer)
+            if length <= self._limit(kind_byte):
+                want = max(want, 6 + length - filled)
+        if len(self._buffer) - filled < want:
+            grown = bytearray(filled + want)
+            grown[:filled] = memoryview(self._buffer)[:filled]
+            self._buffer = grown
+        return memoryview(self._buffer)[filled:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """`nbytes` were written at the start of the last :meth:`get_buffer` room."""
+        self._filled += nbytes
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append `data`; a bytearray is taken over (not copied) when nothing waits."""
-        if not self._buffer and type(data) is bytearray:
-            self._buffer = data
-        else:
-            self._buffer += data
+        self.get_buffer(len(data))[: len(data)] = data
+        self._filled += len(data)
+
+    def _limit(self, kind_byte: int) -> int:
+        if kind_byte == PDUType.P_DATA_TF:
+            return self.max_pdata_length or MAX_PDATA_CEILING
+        return self.max_control_length or MAX_PDATA_CEILING
 
     def next_pdu(self) -> PDU | None:
         """The next whole PDU, or None until more bytes arrive."""
-        buffer = self._buffer
-        if len(buffer) < 6:
+        buffer, filled = self._buffer, self._filled
+        if filled < 6:
             return None
         kind_byte, length = _HEADER.unpack_from(buffer)
         try:
@@ -744,25 +772,25 @@ class PDUReader:
             raise ProtocolError(
                 f"unknown PDU type 0x{kind_byte:02X}", AbortReason.UNRECOGNIZED_PDU
             ) from None
-        if kind is PDUType.P_DATA_TF:
-            limit = self.max_pdata_length or MAX_PDATA_CEILING
-        else:
-            limit = self.max_control_length
-        if limit and length > limit:
+        limit = self._limit(kind_byte)
+        if length > limit:
             raise ProtocolError(f"{kind.name} PDU of {length} bytes exceeds the limit of {limit}")
-        if len(buffer) < 6 + length:
-            return None
         end = 6 + length
+        if filled < end:
+            return None
         self.count += 1
-        if len(buffer) - end <= length:
+        rest = filled - end
+        if rest <= length:
             # Hand the PDU over in place and keep a copy of the shorter rest: a large
             # P-DATA-TF is then never copied (the buffer is not resized while viewed).
-            self._buffer = buffer[end:]
+            self._buffer = bytearray(memoryview(buffer)[end:filled])
+            self._filled = rest
             body = memoryview(buffer)[6:end]
         else:
             with memoryview(buffer) as view:
                 body = memoryview(view[6:end].tobytes())
             del buffer[:end]
+            self._filled = rest
         return _decode_body(kind, body)
 
 

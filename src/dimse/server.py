@@ -193,7 +193,7 @@ class Server:
 
     async def start(self) -> None:
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: Stream(self._connected),
+            lambda: Stream(Connection(), self._connected),
             self.host,
             self.port,
             ssl=self.options.ssl_context,
@@ -235,7 +235,7 @@ class Server:
         self._sessions.add(task)
 
     async def _accept(self, stream: Stream) -> None:
-        link = Link(Connection(), stream, self.options.timeouts, self.budget)
+        link = Link(stream.connection, stream, self.options.timeouts, self.budget)
         session = _Session(self, link)
         task = asyncio.current_task()
         assert task is not None
@@ -274,14 +274,13 @@ class _Session:
         self.counted = False  # in the server's per-AE count
 
     async def run(self) -> None:
-        self.connection.connection_made()
         while not self.connection.closing:
             try:
-                data = await self.link.read()
+                events = await self.link.receive()
             except TimeoutError:
                 self._expired()
                 continue
-            for event in self.connection.receive_data(data):
+            for event in events:
                 await self._dispatch(event)
             self.link.consumed()  # a PDU handed over whole frees its budget now
             await self.link.drain()
