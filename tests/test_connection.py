@@ -133,10 +133,10 @@ def test_association_accepted() -> None:
 
 
 def test_association_rejected_by_the_acceptor() -> None:
-    requestor, acceptor = connect(build_request("STRANGER", "STORE_SCP", CONTEXTS))
-    answer(acceptor, AcceptorPolicy("STORE_SCP", POLICY.syntaxes, calling_aes=frozenset({"X"})))
+    requestor, acceptor = connect(build_request("STORE_SCU", "SOMEONE_ELSE", CONTEXTS))
+    answer(acceptor, AcceptorPolicy("STORE_SCP", POLICY.syntaxes))
     rj = AAssociateRJ(
-        RejectResult.PERMANENT, RejectSource.SERVICE_USER, RejectReason.CALLING_AE_NOT_RECOGNIZED
+        RejectResult.PERMANENT, RejectSource.SERVICE_USER, RejectReason.CALLED_AE_NOT_RECOGNIZED
     )
     assert state(acceptor) is State.STA13 and acceptor.artim_running
     assert deliver(acceptor, requestor) == [ev.AssociationRejected(rj), ev.ConnectionClosed()]

@@ -357,16 +357,8 @@ def test_called_ae_is_not_checked_when_the_policy_says_so() -> None:
 
 def test_ae_titles_compare_without_their_padding() -> None:
     rq = build_request("  STORE_SCU ", " STORE_SCP  ", [ECHO])
-    policy = AcceptorPolicy("STORE_SCP", POLICY.syntaxes, calling_aes=frozenset({"STORE_SCU"}))
-    _, association = accepted(rq, policy)
+    _, association = accepted(rq, AcceptorPolicy("STORE_SCP", POLICY.syntaxes))
     assert association.contexts == {1: AcceptedContext(1, VERIFICATION, IVLE)}
-
-
-def test_calling_ae_not_recognized() -> None:
-    policy = AcceptorPolicy("STORE_SCP", POLICY.syntaxes, calling_aes=frozenset({"FRIEND"}))
-    assert rejected(request(ECHO), policy) == _user_rj(RejectReason.CALLING_AE_NOT_RECOGNIZED)
-    friend = build_request("FRIEND", "STORE_SCP", [ECHO])
-    assert accepted(friend, policy)[1].calling_ae == "FRIEND"
 
 
 def test_application_context_name_not_supported() -> None:
@@ -374,8 +366,8 @@ def test_application_context_name_not_supported() -> None:
     other = AAssociateRQ(
         rq.called_ae, "NOT-KNOWN", rq.presentation_contexts, rq.user_items, "1.2.3"
     )
-    policy = AcceptorPolicy("STORE_SCP", POLICY.syntaxes, calling_aes=frozenset({"FRIEND"}))
-    # checked first: the calling AE title is not known either
+    policy = AcceptorPolicy("OTHER_SCP", POLICY.syntaxes)
+    # checked first: the called AE title is not ours either
     assert rejected(other, policy) == _user_rj(RejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED)
 
 

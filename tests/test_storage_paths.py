@@ -13,7 +13,8 @@ from conftest import SAMPLE_FILES, stored_files
 from dimse.client import contexts_for
 from dimse.files import open_dicom_file
 from dimse.index import Instance
-from dimse.storage import AllowRule, Layout, StorageProvider, safe_name
+from dimse.server import AllowRule
+from dimse.storage import Layout, StorageProvider, safe_name
 
 HOSTILE = ["../../etc/passwd", "/abs/path", "..", ".", "", "a/b\\c", "x\0y", "  ", "~root", "C:\\x"]
 

@@ -33,12 +33,17 @@ from dimse.index import Index
 from dimse.negotiation import DEFAULT_MAX_PDU
 from dimse.pdu import UserIdentityRQ, UserIdentityType
 from dimse.sender import Client, Kind, Proposal, StoreResult, Summary
-from dimse.server import DEFAULT_MAX_BUFFERED, Server, ServerOptions, default_syntaxes
+from dimse.server import (
+    DEFAULT_MAX_BUFFERED,
+    AllowRule,
+    Server,
+    ServerOptions,
+    default_syntaxes,
+)
 from dimse.sop_classes import ALL_TRANSFER_SYNTAXES, VERIFICATION
 from dimse.status import Category, category, describe
 from dimse.storage import (
     INDEX_FILE,
-    AllowRule,
     DuplicatePolicy,
     Layout,
     StorageProvider,
@@ -538,7 +543,6 @@ async def _serve(args: argparse.Namespace) -> int:
             args.output_directory,
             layout=Layout(args.layout),
             duplicates=DuplicatePolicy(args.duplicates),
-            allow=None if args.allow is None else [AllowRule.parse(a) for a in args.allow],
             on_stored=[on_reception(args.exec_on_reception, runner)]
             if args.exec_on_reception
             else [],
@@ -551,6 +555,7 @@ async def _serve(args: argparse.Namespace) -> int:
         ae_title=args.ae_title,
         syntaxes=_syntaxes(args),
         check_called_ae=not args.no_called_ae_check,
+        allow=None if args.allow is None else tuple(AllowRule.parse(a) for a in args.allow),
         max_pdu=args.max_pdu,
         max_associations=args.max_associations,
         max_associations_per_ae=args.max_associations_per_ae,

@@ -221,7 +221,6 @@ class AcceptorPolicy:
     ae_title: str
     syntaxes: Mapping[str, frozenset[str]]
     check_called_ae: bool = True
-    calling_aes: frozenset[str] | None = None
     max_pdu: int = DEFAULT_MAX_PDU
     max_async_ops: int = 16
     scp_role_classes: frozenset[str] = frozenset()  # SOP classes we can be SCU of (C-GET)
@@ -260,8 +259,6 @@ def negotiate(
         return _user_reject(RejectReason.CALLED_AE_NOT_RECOGNIZED)
     if policy.check_called_ae and rq.called_ae.strip() != policy.ae_title.strip():
         return _user_reject(RejectReason.CALLED_AE_NOT_RECOGNIZED)
-    if policy.calling_aes is not None and rq.calling_ae.strip() not in policy.calling_aes:
-        return _user_reject(RejectReason.CALLING_AE_NOT_RECOGNIZED)
 
     answers: list[PresentationContextAC] = []
     accepted: dict[int, AcceptedContext] = {}

@@ -124,11 +124,30 @@ def default_syntaxes() -> dict[str, frozenset[str]]:
 
 
 @dataclass(frozen=True, slots=True)
+class AllowRule:
+    """A calling AE title allowed in, optionally from one address only (an audit line
+    names each association refused for not matching any rule)."""
+
+    ae_title: str
+    address: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AllowRule:
+        """'AET' or 'AET@address'."""
+        ae_title, _, address = text.partition("@")
+        return cls(ae_title.strip(), address.strip() or None)
+
+    def admits(self, ae_title: str, address: str) -> bool:
+        host = address.rsplit(":", 1)[0].removeprefix("::ffff:")  # IPv4 on a dual stack
+        return ae_title.strip() == self.ae_title and self.address in (None, host)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerOptions:
     ae_title: str = "DIMSE"
     syntaxes: Mapping[str, frozenset[str]] = field(default_factory=default_syntaxes)
     check_called_ae: bool = True
-    calling_aes: frozenset[str] | None = None
+    allow: tuple[AllowRule, ...] | None = None  # None: any calling AE, from anywhere
     max_pdu: int = DEFAULT_MAX_PDU
     max_async_ops: int = 16
     max_associations: int = 50
@@ -148,7 +167,6 @@ class ServerOptions:
             ae_title=self.ae_title,
             syntaxes=self.syntaxes,
             check_called_ae=self.check_called_ae,
-            calling_aes=self.calling_aes,
             max_pdu=self.max_pdu,
             max_async_ops=self.max_async_ops,
         )
@@ -366,9 +384,19 @@ class _Session:
         )
 
     def _admission(self, request: AAssociateRQ) -> AAssociateRJ | None:
-        """The server's own limits and the user identity check, after negotiation."""
+        """Who may associate (allow rules), the server's own limits and the user
+        identity check, after negotiation."""
         options = self.server.options
         calling = request.calling_ae.strip()
+        if options.allow is not None and not any(
+            rule.admits(calling, self.peer.address) for rule in options.allow
+        ):
+            log.warning("%s: calling AE %s is not allowed", self.peer.address, calling)
+            return AAssociateRJ(
+                RejectResult.PERMANENT,
+                RejectSource.SERVICE_USER,
+                RejectReason.CALLING_AE_NOT_RECOGNIZED,
+            )
         per_ae = options.max_associations_per_ae
         # Established associations count, not connections still negotiating.
         if self.server.established >= options.max_associations or (

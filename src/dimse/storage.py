@@ -38,7 +38,6 @@ from pydicom.uid import UID
 from dimse.elements import scan_text
 from dimse.files import file_meta_bytes
 from dimse.index import HEADER_TAGS, Index, Instance
-from dimse.pdu import AAssociateRJ, AAssociateRQ, RejectReason, RejectResult, RejectSource
 from dimse.server import Outcome, Peer, ServiceProvider, StoreRequest
 from dimse.status import Status, describe
 
@@ -89,24 +88,6 @@ class DuplicatePolicy(Enum):
     KEEP = "keep"  # keep the first, answer Success
     OVERWRITE = "overwrite"  # replace it
     REJECT = "reject"  # answer 0111 Duplicate SOP instance
-
-
-@dataclass(frozen=True, slots=True)
-class AllowRule:
-    """A calling AE title allowed in, optionally from one address only."""
-
-    ae_title: str
-    address: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> AllowRule:
-        """'AET' or 'AET@address'."""
-        ae_title, _, address = text.partition("@")
-        return cls(ae_title.strip(), address.strip() or None)
-
-    def admits(self, ae_title: str, address: str) -> bool:
-        host = address.rsplit(":", 1)[0].removeprefix("::ffff:")  # IPv4 on a dual stack
-        return ae_title.strip() == self.ae_title and self.address in (None, host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +288,6 @@ class StorageProvider(ServiceProvider):
         *,
         layout: Layout = Layout.STUDY,
         duplicates: DuplicatePolicy = DuplicatePolicy.KEEP,
-        allow: Iterable[AllowRule] | None = None,
         on_stored: Iterable[StoredHook] = (),
         on_study: Iterable[StudyHook] = (),
         durable_index: bool = True,
@@ -316,7 +296,6 @@ class StorageProvider(ServiceProvider):
         self.root = Path(root)
         self.layout = layout
         self.duplicates = duplicates
-        self.allow = None if allow is None else tuple(allow)
         self.on_stored = list(on_stored)
         self.on_study = list(on_study)
         (self.root / TEMP_DIR).mkdir(parents=True, exist_ok=True)
@@ -349,18 +328,6 @@ class StorageProvider(ServiceProvider):
         self._filer.shutdown(wait=True)
         self.index.close()
         self._lookup.close()
-
-    async def on_association(self, request: AAssociateRQ, address: str) -> AAssociateRJ | None:
-        if self.allow is not None and not any(
-            rule.admits(request.calling_ae, address) for rule in self.allow
-        ):
-            log.warning("%s: calling AE %s is not allowed", address, request.calling_ae.strip())
-            return AAssociateRJ(
-                RejectResult.PERMANENT,
-                RejectSource.SERVICE_USER,
-                RejectReason.CALLING_AE_NOT_RECOGNIZED,
-            )
-        return None
 
     async def on_store(self, request: StoreRequest) -> FileSink | Outcome:
         # Already stored: answered without receiving it into a file (the data set still
