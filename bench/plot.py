@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from run import size_label  # bench/ is on sys.path when run as a script
+
 BENCH = Path(__file__).resolve().parent
 MIB = 1 << 20
 # The baselines in their own colours; dimse green, darker when on both sides.
@@ -68,8 +70,8 @@ def plot(source: Path, target: Path) -> Path:
         table = document["summary"][scenario["name"]]
         rows = [table.get(p["key"], {}) for p in pairs]
         colours = [colour(p) for p in pairs]
-        each = scenario["bytes"] / scenario["count"] / 1e6
-        title = f"{scenario['name']}: {scenario['count']} x {each:.1f} MB"
+        each = size_label(scenario["bytes"] / scenario["count"])
+        title = f"{scenario['name']}: {scenario['count']} x {each}"
 
         speed = axes[row][0]
         values = [r.get("images_per_s", 0.0) for r in rows]

@@ -657,6 +657,11 @@ def _table(head: list[str], rows: list[list[str]], markdown: bool) -> list[str]:
     return lines
 
 
+def size_label(size: float) -> str:
+    """39 KB, 104.9 MB: a file size for a title (decimal units, as in the tables)."""
+    return f"{size / 1e3:.0f} KB" if size < MB else f"{size / MB:.1f} MB"
+
+
 def render(
     summary: dict[str, dict[str, dict[str, Any]]],
     scenarios: Sequence[dict[str, Any]],
@@ -667,8 +672,8 @@ def render(
     for scenario in scenarios:
         size = scenario["bytes"] / MB
         title = (
-            f"{scenario['name']}: {scenario['count']} x {size / scenario['count']:.1f} MB "
-            f"({size:.0f} MB), medians"
+            f"{scenario['name']}: {scenario['count']} x "
+            f"{size_label(scenario['bytes'] / scenario['count'])} ({size:.0f} MB), medians"
         )
         lines += ["", f"**{title}**" if markdown else title, ""]
         head = [
