@@ -119,6 +119,11 @@ class Stream(asyncio.BufferedProtocol):
         self._writable = True
         self._wake(self._draining)
 
+    @property
+    def writable(self) -> bool:
+        """The transport holds less than its high-water mark unsent."""
+        return self._writable
+
     @staticmethod
     def _wake(waiter: asyncio.Future[None] | None) -> None:
         if waiter is not None and not waiter.done():
@@ -251,6 +256,8 @@ class Link:
 
     async def drain(self) -> None:
         self.flush()
+        if self.stream.writable:
+            return  # the usual case: no timer to arm
         if not self.stream.is_closing():
             # A lost connection is reported by the read side, as Evt17.
             with contextlib.suppress(ConnectionError):
