@@ -20,7 +20,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -47,6 +47,9 @@ TEMP_DIR = ".incoming"
 FILE_MODE = 0o640
 HEAD_SIZE = 64 * 1024  # bytes kept in memory to read a data set's header from
 WRITEBACK_STEP = 8 << 20  # large data sets: start writeback every this many bytes
+#: Data sets up to this size (file meta included) are held in memory until complete;
+#: with the asynchronous window (16 at most) that is 4 MiB per association at worst.
+HOLD_LIMIT = 256 * 1024
 INDEX_FILE = "index.sqlite"
 _UNSAFE = re.compile(r"[^0-9A-Za-z.\-^ ]")
 _T = TypeVar("_T")
@@ -116,7 +119,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, buffers: list[bytes | memoryview]) -> None:
+def _write_all(fd: int, buffers: Sequence[bytes | memoryview]) -> None:
     """One system call for the usual case; a short write (a signal) is resumed."""
     written = os.writev(fd, buffers)
     total = sum(len(buffer) for buffer in buffers)
@@ -178,7 +181,13 @@ def read_header(
 
 
 class FileSink:
-    """Streams one data set into a temporary file; complete() files it durably."""
+    """Receives one data set into a temporary file; complete() files it durably.
+
+    A data set of up to HOLD_LIMIT bytes is held in memory until complete, then
+    the filing round's sync threads create, write, fsync and close its file in one
+    go: the event loop, the server's busiest thread, makes no file system call for
+    it. A larger one streams into its file as it arrives.
+    """
 
     def __init__(self, archive: StorageProvider, request: StoreRequest) -> None:
         self.archive = archive
@@ -189,32 +198,42 @@ class FileSink:
         self._head = bytearray()  # the data set's first bytes, to read the header from
         self.filed = False  # renamed into place: nothing left to discard
         message = request.message
-        self._meta: bytes | None = file_meta_bytes(  # written with the first fragment
+        meta = file_meta_bytes(
             message.affected_sop_class_uid,
             message.affected_sop_instance_uid,
             request.transfer_syntax,
             request.peer.calling_ae,
         )
-        self.file_size = len(self._meta)
+        self.file_size = len(meta)
+        self._held: list[bytes] | None = [meta]  # not written yet: no file so far
+        self._fd = -1
         self._advised = 0  # bytes handed to writeback early
-        # Owner read-write, group read: medical images are not for every local user.
-        self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
 
     async def write(self, data: memoryview) -> None:
-        if self._meta is not None:
-            _write_all(self._fd, [self._meta, data])
-            self._meta = None
+        if self._held is None:
+            _write_all(self._fd, [data])
+        elif self.file_size + len(data) <= HOLD_LIMIT:
+            self._held.append(bytes(data))  # a copy: the PDU's buffer is not kept alive
         else:
+            self._create()
             _write_all(self._fd, [data])
         self.size += len(data)
         self.file_size += len(data)
         if len(self._head) < HEAD_SIZE:
             self._head += data[: HEAD_SIZE - len(self._head)]
-        if self.file_size - self._advised >= WRITEBACK_STEP:
+        if self.file_size - self._advised >= WRITEBACK_STEP and self._fd >= 0:
             # Start writing the pages out now (and let them leave the page cache):
             # the fsync at the end then waits for the last few MB, not the whole image.
             os.posix_fadvise(self._fd, self._advised, 0, os.POSIX_FADV_DONTNEED)
             self._advised = self.file_size
+
+    def _create(self) -> None:
+        """Create the temporary file and write what was held."""
+        assert self._held is not None
+        # Owner read-write, group read: medical images are not for every local user.
+        self._fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        held, self._held = self._held, None
+        _write_all(self._fd, held)
 
     async def complete(self) -> int | Outcome:
         outcome = await self.archive.file(self)
@@ -238,8 +257,8 @@ class FileSink:
         Runs on a sync thread. Returns the failure to answer instead when the
         data set cannot be read (Cxxx) or is not the instance its command names.
         """
-        if self._meta is not None:  # an empty data set
-            _write_all(self._fd, [self._meta])
+        if self._held is not None:
+            self._create()
         os.fsync(self._fd)
         fd, self._fd = self._fd, -1
         os.close(fd)
