@@ -849,6 +849,9 @@ def test_a_stalled_pdu_gives_its_budget_back(tmp_path: Path) -> None:
             began = time.monotonic()
             await store_in_two_halves(stalled, 1, 40 << 10)
             await until(lambda: budget.ledger.reserved > 0)
+            # Well after the stalled one: its PDU's deadline, from its first byte, must
+            # not run out in the moment between the stalled one's abort and release.
+            await asyncio.sleep(IDLE / 3)
             ds, pdu = await store_in_two_halves(waiting, 1, 40 << 10)
             await until(lambda: budget.waiting == 1)
             await waiting.send(pdu[len(pdu) // 2 :])  # in the kernel until there is room
