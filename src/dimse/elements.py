@@ -10,8 +10,11 @@ falls back to pydicom; tests compare the two on pydicom's own test files.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterator, Mapping
+
+from pydicom.uid import UID
 
 #: PS3.5 Table 7.1-1: explicit VRs with a reserved field and a 32-bit length.
 LONG_VRS = frozenset(
@@ -23,6 +26,14 @@ ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD  # PS3.5 §7.5
 _IMPLICIT = struct.Struct("<HHI")  # tag, 32-bit length; items in any encoding
 _EXPLICIT = struct.Struct("<HH2sH")  # tag, VR, 16-bit length
 _LONG_LENGTH = struct.Struct("<I")
+
+
+@functools.lru_cache(maxsize=64)
+def encoding(transfer_syntax: str) -> tuple[bool, bool, bool]:
+    """Deflated, implicit VR, little endian: cached, as pydicom validates a UID at
+    each call. ValueError for a UID that is not a transfer syntax."""
+    syntax = UID(transfer_syntax)
+    return syntax.is_deflated, syntax.is_implicit_VR, syntax.is_little_endian
 
 
 class Unscannable(Exception):

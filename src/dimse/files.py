@@ -17,7 +17,7 @@ from typing import BinaryIO
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
-from dimse.elements import Unscannable, scan_text, walk
+from dimse.elements import Unscannable, encoding, scan_text, walk
 from dimse.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 PREAMBLE = bytes(128) + b"DICM"
@@ -71,7 +71,6 @@ def _scan_file_meta(head: bytes) -> tuple[list[str], int] | None:
 
 #: (0008,0016) SOP Class UID, (0008,0018) SOP Instance UID: the data set's own.
 _SOP_TAGS = {0x00080016: "class", 0x00080018: "instance"}
-_LITTLE_ENDIAN = {"1.2.840.10008.1.2": True}  # implicit VR; other LE syntaxes: explicit
 
 
 def _dataset_sop(head: bytes, offset: int, syntax: str) -> tuple[str, str] | None:
@@ -82,9 +81,12 @@ def _dataset_sop(head: bytes, offset: int, syntax: str) -> tuple[str, str] | Non
     as dcmtk's storescu does. Only uncompressed big endian and deflated data
     sets, rare, keep the meta's UIDs.
     """
-    if syntax in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"):
+    try:
+        deflated, implicit, little_endian = encoding(syntax)
+    except ValueError:  # not a transfer syntax pydicom knows: the meta's UIDs stand
         return None
-    implicit = _LITTLE_ENDIAN.get(syntax, False)
+    if deflated or not little_endian:
+        return None
     values = scan_text(head, offset, implicit, _SOP_TAGS, 0x00080018)
     if values is None or not values.get("class") or not values.get("instance"):
         return None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import itertools
 import logging
 import os
@@ -33,9 +32,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
-from pydicom.uid import UID
 
-from dimse.elements import scan_text
+from dimse.elements import encoding, scan_text
 from dimse.files import file_meta_bytes
 from dimse.index import HEADER_TAGS, Index, Instance
 from dimse.server import Outcome, Peer, ServiceProvider, StoreRequest
@@ -142,13 +140,6 @@ LAST_HEADER_TAG = 0x0020FFFF
 _past = int.__gt__  # C-level: pydicom's BaseTag compares in Python
 
 
-@functools.lru_cache(maxsize=64)
-def _encoding(transfer_syntax: str) -> tuple[bool, bool, bool]:
-    """Deflated, implicit VR, little endian: pydicom validates a UID at each call."""
-    syntax = UID(transfer_syntax)
-    return syntax.is_deflated, syntax.is_implicit_VR, syntax.is_little_endian
-
-
 def read_header(
     head: bytes | bytearray, size: int, transfer_syntax: str, path: Path
 ) -> Dataset | dict[str, str]:
@@ -159,7 +150,7 @@ def read_header(
     when they fit in `head` (pydicom asks a file for its position at every
     element, one system call each), else from the file.
     """
-    deflated, implicit, little_endian = _encoding(transfer_syntax)
+    deflated, implicit, little_endian = encoding(transfer_syntax)
     if deflated:
         return dcmread(path, stop_before_pixels=True)
     complete = len(head) >= size

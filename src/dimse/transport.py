@@ -15,7 +15,6 @@ from dimse import events as ev
 from dimse.connection import Connection
 from dimse.pdu import BufferBudget
 
-READ_SIZE = 1 << 18  # the most one receive from the socket takes
 #: A Stream stops reading the socket while this much waits unread: what a slow
 #: consumer leaves stays in the kernel's buffers, not in our memory.
 STREAM_LIMIT = 1 << 17
