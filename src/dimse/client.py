@@ -490,7 +490,7 @@ async def _open(
         raise AssociationError(f"could not connect to {host}:{port}: timed out") from None
     except OSError as error:
         raise AssociationError(f"could not connect to {host}:{port}: {error}") from None
-    link = Link(connection, stream, timeouts)
+    link = Link(stream, timeouts)
     await link.drain()
     try:
         while True:

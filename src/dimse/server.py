@@ -253,7 +253,7 @@ class Server:
         self._sessions.add(task)
 
     async def _accept(self, stream: Stream) -> None:
-        link = Link(stream.connection, stream, self.options.timeouts, self.budget)
+        link = Link(stream, self.options.timeouts, self.budget)
         session = _Session(self, link)
         task = asyncio.current_task()
         assert task is not None

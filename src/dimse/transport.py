@@ -221,13 +221,9 @@ class Link:
     """A Connection bound to a stream: flushes its output and closes when told to."""
 
     def __init__(
-        self,
-        connection: Connection,
-        stream: Stream,
-        timeouts: Timeouts,
-        budget: ReadBudget | None = None,
+        self, stream: Stream, timeouts: Timeouts, budget: ReadBudget | None = None
     ) -> None:
-        self.connection = connection
+        self.connection = stream.connection
         self.stream = stream
         self.timeouts = timeouts
         self.budget = budget
