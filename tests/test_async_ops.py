@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Any
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import generate_uid
 
 import dimse
 from dimse.client import RawDataSet
 from dimse.dimse import CStoreRSP
 from dimse.negotiation import ProposedContext
+from dimse.sender import Kind, StoreResult
 from dimse.server import DataSetSink, Outcome, StoreRequest
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -100,3 +105,31 @@ def test_window_of_one_is_synchronous() -> None:
     gate, responses, _ = asyncio.run(_store_all(window=1, count=4))
     assert gate.peak == 1
     assert [r.status for r in responses] == [0] * 4
+
+
+def test_default_sender_and_server_keep_thirty_two_in_flight(tmp_path: Path) -> None:
+    """The defaults on both sides: the window the archive's fsync rounds rely on."""
+    paths = []
+    for n in range(64):
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = CT, generate_uid()
+        ds.PatientID = "WINDOW"
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = EXPLICIT_LE
+        ds.file_meta.MediaStorageSOPClassUID = CT
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        paths.append(tmp_path / f"{n}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    gate = Gate(expected=32)
+
+    async def scenario() -> list[StoreResult]:
+        async with dimse.Server(HoldingProvider(gate), "127.0.0.1", 0) as server:
+            client = dimse.Client("127.0.0.1", server.port, called_ae="DIMSE")
+            for path in paths:
+                client.add_request(path)
+            return await client.send()
+
+    results = asyncio.run(scenario())
+    assert gate.peak == 32
+    assert [r.kind for r in results] == [Kind.SUCCESS] * 64
+    assert len(gate.received) == 64

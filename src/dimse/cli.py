@@ -30,7 +30,7 @@ from dimse.client import AssociationError, connect, default_contexts
 from dimse.hooks import CommandRunner, on_reception, on_study
 from dimse.identity import UsersFile, add_user
 from dimse.index import Index
-from dimse.negotiation import DEFAULT_MAX_PDU
+from dimse.negotiation import DEFAULT_MAX_PDU, MAX_ASYNC_OPS
 from dimse.pdu import UserIdentityRQ, UserIdentityType
 from dimse.sender import Client, Kind, Proposal, StoreResult, Summary
 from dimse.server import (
@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument(
         "--async-ops",
         type=_positive,
-        default=8,
-        help="C-STOREs in flight on each association (8; 1 = synchronous)",
+        default=MAX_ASYNC_OPS,
+        help=f"C-STOREs in flight on each association ({MAX_ASYNC_OPS}; 1 = synchronous)",
     )
     store.add_argument(
         "--associations", type=_positive, default=1, help="parallel associations (1)"

@@ -40,6 +40,10 @@ IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.11395968651420325791802745
 IMPLEMENTATION_VERSION_NAME = "DIMSE_0.1.0"
 
 DEFAULT_MAX_PDU = 1 << 20  # what we offer to receive; dcmtk's default is 16 KiB
+#: Outstanding operations an SCP lets a requestor invoke (PS3.7 §D.3.3.3). C-STOREs
+#: in flight let the archive file them in larger fsync rounds: on the benchmark's
+#: 40 KB images, 8 -> 16 -> 32 gave ~300 -> ~440 -> ~620 images/s, 64 no more.
+MAX_ASYNC_OPS = 32
 MAX_CONTEXTS = 128  # odd IDs 1..255 (PS3.8 §9.3.2.2)
 
 
@@ -222,7 +226,7 @@ class AcceptorPolicy:
     syntaxes: Mapping[str, frozenset[str]]
     check_called_ae: bool = True
     max_pdu: int = DEFAULT_MAX_PDU
-    max_async_ops: int = 16
+    max_async_ops: int = MAX_ASYNC_OPS
     scp_role_classes: frozenset[str] = frozenset()  # SOP classes we can be SCU of (C-GET)
 
 

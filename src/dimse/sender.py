@@ -1,6 +1,6 @@
 """The sender: fo-dicom's DicomClient shape — add requests, then send them all.
 
-    client = Client("pacs", 104, calling_ae="CT1", called_ae="PACS", async_ops=8)
+    client = Client("pacs", 104, calling_ae="CT1", called_ae="PACS")
     client.add_request("exam/", callback=lambda result: print(result))
     results = await client.send()       # or client.send_sync() in a script
 
@@ -35,7 +35,7 @@ from dimse.client import (
     contexts_for,
 )
 from dimse.files import DicomFile, NotDicomError, open_dicom_file
-from dimse.negotiation import DEFAULT_MAX_PDU, MAX_CONTEXTS, ProposedContext
+from dimse.negotiation import DEFAULT_MAX_PDU, MAX_ASYNC_OPS, MAX_CONTEXTS, ProposedContext
 from dimse.pdu import UserIdentityRQ
 from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES
 from dimse.status import Category, category, describe
@@ -188,7 +188,7 @@ class Client:
         calling_ae: str = "DIMSE",
         called_ae: str = "ANY-SCP",
         max_pdu: int = DEFAULT_MAX_PDU,
-        async_ops: int = 8,
+        async_ops: int = MAX_ASYNC_OPS,
         associations: int = 1,
         proposal: Proposal = Proposal.FILE,
         retries: int = 0,

@@ -29,7 +29,13 @@ from dimse.dimse import (
     UnknownCommand,
 )
 from dimse.identity import IdentityVerifier
-from dimse.negotiation import DEFAULT_MAX_PDU, AcceptorPolicy, Association, negotiate
+from dimse.negotiation import (
+    DEFAULT_MAX_PDU,
+    MAX_ASYNC_OPS,
+    AcceptorPolicy,
+    Association,
+    negotiate,
+)
 from dimse.pdu import (
     LOCAL_LIMIT_EXCEEDED,
     AAssociateRJ,
@@ -149,7 +155,7 @@ class ServerOptions:
     check_called_ae: bool = True
     allow: tuple[AllowRule, ...] | None = None  # None: any calling AE, from anywhere
     max_pdu: int = DEFAULT_MAX_PDU
-    max_async_ops: int = 16
+    max_async_ops: int = MAX_ASYNC_OPS
     max_associations: int = 50
     max_associations_per_ae: int = 0  # 0: only the global cap
     max_dataset_size: int = 1 << 32  # bytes; beyond it a C-STORE fails with A700

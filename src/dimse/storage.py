@@ -46,7 +46,7 @@ FILE_MODE = 0o640
 HEAD_SIZE = 64 * 1024  # bytes kept in memory to read a data set's header from
 WRITEBACK_STEP = 8 << 20  # large data sets: start writeback every this many bytes
 #: Data sets up to this size (file meta included) are held in memory until complete;
-#: with the asynchronous window (16 at most) that is 4 MiB per association at worst.
+#: with the asynchronous window (MAX_ASYNC_OPS, 32) that is 8 MiB per association at worst.
 HOLD_LIMIT = 256 * 1024
 INDEX_FILE = "index.sqlite"
 _UNSAFE = re.compile(r"[^0-9A-Za-z.\-^ ]")
