@@ -30,10 +30,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 import dimse
-from dimse.client import RawDataSet, encode_dataset
+from dimse.client import RawDataSet
 from dimse.index import Index
 from dimse.negotiation import ProposedContext
 from dimse.sop_classes import VERIFICATION
+from dimse.transcode import encode_dataset
 
 
 def _free_port() -> int:

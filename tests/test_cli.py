@@ -58,12 +58,14 @@ def test_keywords_name_sop_classes() -> None:
 
 @pytest.mark.parametrize(("command", "numpy"), [("serve", False), ("echo", False), ("store", True)])
 def test_only_the_sender_loads_numpy(command: str, numpy: bool) -> None:
-    """pydicom imports numpy when it can; only `store` may decode pixel data."""
+    """pydicom imports numpy when it can; only `store` may decode pixel data (and
+    imports pydicom only then: the import below stands for that)."""
     code = (
         "import sys\n"
         f"sys.argv = ['dimse', {command!r}, '--help']\n"
         "from dimse.launcher import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "import pydicom\n"
         "print(sys.modules.get('numpy') is not None, sys.modules.get('requests') is not None)\n"
     )
     result = subprocess.run(

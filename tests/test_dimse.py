@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -16,6 +17,7 @@ from pydicom.filewriter import write_dataset
 from dimse.dimse import (
     MAX_COMMAND_SET,
     NO_DATA_SET,
+    TAGS,
     VERIFICATION_SOP_CLASS,
     CEchoRQ,
     CEchoRSP,
@@ -422,3 +424,9 @@ def test_malformed_command_set_is_a_violation() -> None:
 
 def test_verification_default() -> None:
     assert CEchoRQ(1).affected_sop_class_uid == VERIFICATION_SOP_CLASS == "1.2.840.10008.1.1"
+
+
+def test_command_element_vrs_are_pydicoms() -> None:
+    """TAGS types PS3.7 Table E.1-1's VRs so that a sender need not import pydicom."""
+    for name, (tag, vr) in TAGS.items():
+        assert dictionary_VR(tag) == vr, name

@@ -11,12 +11,20 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from conftest import TEST_FILES, dataset_bytes
-from dimse.elements import Unscannable, scan_text, walk
+from dimse.elements import Unscannable, encoding, scan_text, walk
 from dimse.files import NotDicomError, open_dicom_file
-from dimse.index import HEADER_TAGS, Instance
+from dimse.index import Instance, header_tags
+from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES, VERIFICATION
 from dimse.storage import HEAD_SIZE, LAST_HEADER_TAG, read_header
 
 
@@ -92,7 +100,7 @@ def test_sequences_of_either_length_are_skipped(implicit: bool, undefined: bool)
     for item in ds.ProcedureCodeSequence:
         item.is_undefined_length_sequence_item = undefined
     data = _encoded(ds, implicit)
-    values = scan_text(data, 0, implicit, HEADER_TAGS, LAST_HEADER_TAG)
+    values = scan_text(data, 0, implicit, header_tags(), LAST_HEADER_TAG)
     assert values == {
         "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
         "SOPInstanceUID": "1.2.3.4",
@@ -108,20 +116,20 @@ def test_cut_off_or_unusual_values_are_left_to_pydicom() -> None:
     ds = _with_sequences()
     data = _encoded(ds, implicit=False)
     cut = data.index(b"DOE^JANE")
-    assert scan_text(data[:cut], 0, False, HEADER_TAGS, LAST_HEADER_TAG) is None
+    assert scan_text(data[:cut], 0, False, header_tags(), LAST_HEADER_TAG) is None
     # A data set that ends before group 0020 is complete: what is there is the answer.
     short = Dataset()
     short.SOPClassUID = "1.2"
     whole = _encoded(short, implicit=True)
-    assert scan_text(whole, 0, True, HEADER_TAGS, LAST_HEADER_TAG, complete=True) == {
+    assert scan_text(whole, 0, True, header_tags(), LAST_HEADER_TAG, complete=True) == {
         "SOPClassUID": "1.2"
     }
-    assert scan_text(whole, 0, True, HEADER_TAGS, LAST_HEADER_TAG) is None
+    assert scan_text(whole, 0, True, header_tags(), LAST_HEADER_TAG) is None
     for name in ("Müller^Hans", "A\\B"):  # a character set, several values
         ds.PatientName = name
         ds.SpecificCharacterSet = "ISO_IR 100"
         data = _encoded(ds, implicit=False)
-        assert scan_text(data, 0, False, HEADER_TAGS, LAST_HEADER_TAG) is None
+        assert scan_text(data, 0, False, header_tags(), LAST_HEADER_TAG) is None
 
 
 def test_read_header_falls_back_to_pydicom_for_a_character_set(tmp_path: Path) -> None:
@@ -138,8 +146,8 @@ def test_read_header_falls_back_to_pydicom_for_a_character_set(tmp_path: Path) -
 @given(data=st.binary(max_size=300), implicit=st.booleans())
 def test_any_bytes_give_values_or_none(data: bytes, implicit: bool) -> None:
     """Garbage never raises out of the scanner: it answers or leaves it to pydicom."""
-    values = scan_text(data, 0, implicit, HEADER_TAGS, LAST_HEADER_TAG, complete=True)
-    assert values is None or set(values) <= set(HEADER_TAGS.values())
+    values = scan_text(data, 0, implicit, header_tags(), LAST_HEADER_TAG, complete=True)
+    assert values is None or set(values) <= set(header_tags().values())
 
 
 def test_walk_reports_where_each_element_starts() -> None:
@@ -158,3 +166,19 @@ def test_implicit_little_endian_file_is_scanned(tmp_path: Path) -> None:
     data = _encoded(_with_sequences(), implicit=True)
     header = read_header(data, len(data), ImplicitVRLittleEndian, tmp_path / "x")
     assert isinstance(header, dict) and header["PatientID"] == "ID1"
+
+
+def test_encoding_agrees_with_pydicom() -> None:
+    """The native syntaxes are answered from a table of our own, the rest by pydicom."""
+    for uid in AllTransferSyntaxes:
+        syntax = UID(uid)
+        expected = (syntax.is_deflated, syntax.is_implicit_VR, syntax.is_little_endian)
+        assert encoding(uid) == expected, syntax.name
+    assert (
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+    ) == NATIVE_TRANSFER_SYNTAXES
+    with pytest.raises(ValueError):
+        encoding(VERIFICATION)

@@ -33,7 +33,7 @@ from pydicom.uid import generate_uid
 
 import dimse
 from conftest import stored_files
-from dimse.client import RawDataSet, encode_dataset
+from dimse.client import RawDataSet
 from dimse.dimse import CEchoRQ, CStoreRQ, CStoreRSP, Message, decode_command, encode_command
 from dimse.negotiation import ProposedContext, build_request
 from dimse.pdu import (
@@ -55,6 +55,7 @@ from dimse.pdu import (
 from dimse.server import DataSetSink, Outcome, StoreRequest
 from dimse.status import Category, Status, category
 from dimse.storage import TEMP_DIR, StorageProvider
+from dimse.transcode import encode_dataset
 from dimse.transport import Link
 
 HOST = "127.0.0.1"

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import dimse
 from conftest import Processes, dimse_command, free_port, stored_files
-from dimse.client import RawDataSet, encode_dataset
+from dimse.client import RawDataSet
 from dimse.negotiation import ProposedContext
+from dimse.transcode import encode_dataset
 from test_sender import _instance
 
 ASSOCIATIONS = 50

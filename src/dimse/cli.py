@@ -23,8 +23,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydicom._uid_dict import UID_dictionary
-
 from dimse import __version__, tls
 from dimse.client import AssociationError, connect, default_contexts
 from dimse.hooks import CommandRunner, on_reception, on_study
@@ -40,7 +38,7 @@ from dimse.server import (
     ServerOptions,
     default_syntaxes,
 )
-from dimse.sop_classes import ALL_TRANSFER_SYNTAXES, VERIFICATION
+from dimse.sop_classes import VERIFICATION, all_transfer_syntaxes
 from dimse.status import Category, category, describe
 from dimse.storage import (
     INDEX_FILE,
@@ -120,6 +118,8 @@ def _uid(value: str) -> str:
     """A UID, or the keyword pydicom's registry knows it by (CTImageStorage...)."""
     if len(value) <= 64 and _UID_SYNTAX.fullmatch(value):  # PS3.5 §9.1
         return value
+    from pydicom._uid_dict import UID_dictionary
+
     found = next((uid for uid, entry in UID_dictionary.items() if entry[4] == value), None)
     if found is None:
         raise argparse.ArgumentTypeError(f"neither a UID nor a known UID keyword: {value!r}")
@@ -527,7 +527,7 @@ def _syntaxes(args: argparse.Namespace) -> dict[str, frozenset[str]]:
     syntaxes = dict(default_syntaxes())
     if args.accept_sop_class:
         syntaxes = {uid: ts for uid, ts in syntaxes.items() if uid == VERIFICATION}
-        everything = frozenset(ALL_TRANSFER_SYNTAXES)
+        everything = frozenset(all_transfer_syntaxes())
         syntaxes |= {uid: everything for uid in args.accept_sop_class if uid != VERIFICATION}
     if args.accept_transfer_syntax:
         chosen = frozenset(args.accept_transfer_syntax)

@@ -10,25 +10,16 @@ in flight; each response is matched to its request by Message ID.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
-import io
 import itertools
 import logging
 import ssl
-import zlib
+import sys
 from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
-from pydicom.uid import UID
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeGuard
 
 from dimse import events as ev
 from dimse.connection import Connection
@@ -48,14 +39,16 @@ from dimse.pdu import (
     RoleSelection,
     UserIdentityRQ,
 )
-from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES
+from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES, syntax_name
 from dimse.transport import DEFAULT_TIMEOUTS, Link, Stream, Timeouts
 from dimse.upper_layer import State
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger("dimse.client")
 
 _NATIVE = frozenset(NATIVE_TRANSFER_SYNTAXES)
-_DEFLATED = "1.2.840.10008.1.2.1.99"
 _FILE_BLOCK = 1 << 20
 
 
@@ -83,7 +76,14 @@ class RawDataSet:
     data: bytes
 
 
-StoreSource = str | Path | DicomFile | Dataset | RawDataSet
+StoreSource: TypeAlias = "str | Path | DicomFile | Dataset | RawDataSet"
+
+
+def is_dataset(source: object) -> TypeGuard[Dataset]:
+    """A pydicom Dataset. None exists unless pydicom was imported, which sending
+    files does not do (see dimse.transcode)."""
+    module = sys.modules.get("pydicom.dataset")
+    return module is not None and isinstance(source, module.Dataset)
 
 
 class ClientAssociation:
@@ -188,7 +188,7 @@ class ClientAssociation:
                 source.sop_instance_uid,
                 source.transfer_syntax,
             )
-        elif isinstance(source, Dataset):
+        elif is_dataset(source):
             sop_class, sop_instance = str(source.SOPClassUID), str(source.SOPInstanceUID)
             meta = getattr(source, "file_meta", None)
             syntax = str(meta.TransferSyntaxUID) if meta and "TransferSyntaxUID" in meta else ""
@@ -197,11 +197,13 @@ class ClientAssociation:
             syntax = source.transfer_syntax
         exact = self.association.context_for(sop_class, syntax) if syntax else None
         if exact is not None:
-            if isinstance(source, Dataset):
-                return sop_class, sop_instance, exact, encode_dataset(source, syntax)
             if isinstance(source, RawDataSet):
                 return sop_class, sop_instance, exact, source.data
-            return sop_class, sop_instance, exact, source
+            if isinstance(source, DicomFile):
+                return sop_class, sop_instance, exact, source
+            from dimse.transcode import encode_dataset
+
+            return sop_class, sop_instance, exact, encode_dataset(source, syntax)
         context = next(
             (
                 c
@@ -211,9 +213,11 @@ class ClientAssociation:
             None,
         )
         if context is None:
-            wanted = f" in {UID(syntax).name}" if syntax else ""
+            wanted = f" in {syntax_name(syntax)}" if syntax else ""
             raise NoAcceptedContextError(f"the peer accepted no context for {sop_class}{wanted}")
-        payload = await asyncio.to_thread(_convert, source, syntax, context.transfer_syntax)
+        from dimse.transcode import convert
+
+        payload = await asyncio.to_thread(convert, source, syntax, context.transfer_syntax)
         return sop_class, sop_instance, context, payload
 
     async def _request(
@@ -329,75 +333,6 @@ class ClientAssociation:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
-
-
-def _convert(source: DicomFile | Dataset | RawDataSet, syntax: str, target: str) -> bytes:
-    """Re-encode a data set in an uncompressed transfer syntax, decompressing if needed.
-
-    Decompression needs pydicom's pixel data plugins (numpy and a decoder such as
-    Pillow or pylibjpeg); without one the file is reported as not sent.
-    """
-    dataset = _as_dataset(source)
-    if syntax and syntax not in _NATIVE:
-        dataset.file_meta = getattr(dataset, "file_meta", None) or FileMetaDataset()
-        dataset.file_meta.TransferSyntaxUID = UID(syntax)
-        try:
-            dataset.decompress()
-        except (ImportError, RuntimeError, NotImplementedError, ValueError) as error:
-            raise NoAcceptedContextError(
-                f"the peer does not accept {UID(syntax).name} and the data set cannot be "
-                f"decompressed here: {error}".splitlines()[0]
-            ) from None
-    return encode_dataset(dataset, target)
-
-
-def _as_dataset(source: DicomFile | Dataset | RawDataSet) -> Dataset:
-    """Decode a source for re-encoding."""
-    if isinstance(source, Dataset):
-        return source
-    if isinstance(source, DicomFile):
-        return dcmread(source.path)
-    raw, syntax = source.data, UID(source.transfer_syntax)
-    if syntax.is_deflated:
-        raw = zlib.decompress(raw, -zlib.MAX_WBITS)
-    return read_dataset(io.BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian)
-
-
-#: Word sizes of the "other" VRs whose byte order follows the transfer syntax
-#: (PS3.5 §7.3); pydicom keeps their values as raw bytes, unswapped.
-_WORD_SIZE = {"OW": "H", "OF": "I", "OL": "I", "OD": "Q", "OV": "Q"}
-
-
-def _swap_words(dataset: Dataset) -> None:
-    """Reverse the byte order of OW/OF/OL/OD/OV values, in place."""
-    for element in dataset.iterall():
-        code = _WORD_SIZE.get(element.VR)
-        if code and isinstance(element.value, bytes):
-            words = array.array(code)
-            usable = len(element.value) - len(element.value) % words.itemsize
-            words.frombytes(element.value[:usable])
-            words.byteswap()
-            element.value = words.tobytes() + element.value[usable:]
-
-
-def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
-    """Encode `dataset` in an uncompressed transfer syntax (deflate included).
-
-    A data set read in the other byte order has its word values swapped in place.
-    """
-    syntax = UID(transfer_syntax)
-    source = dataset.original_encoding
-    if source[1] is not None and source[1] != syntax.is_little_endian:
-        _swap_words(dataset)
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = syntax.is_little_endian
-    buffer.is_implicit_VR = syntax.is_implicit_VR
-    write_dataset(buffer, dataset)
-    data = buffer.getvalue()
-    if syntax.is_deflated:
-        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
-        data = compressor.compress(data) + compressor.flush()
-    return data
 
 
 def default_contexts(*sop_classes: str) -> list[ProposedContext]:

@@ -14,7 +14,12 @@ import functools
 import struct
 from collections.abc import Iterator, Mapping
 
-from pydicom.uid import UID
+from dimse.sop_classes import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+)
 
 #: PS3.5 Table 7.1-1: explicit VRs with a reserved field and a 32-bit length.
 LONG_VRS = frozenset(
@@ -28,10 +33,25 @@ _EXPLICIT = struct.Struct("<HH2sH")  # tag, VR, 16-bit length
 _LONG_LENGTH = struct.Struct("<I")
 
 
+#: Deflated, implicit VR, little endian (PS3.5 §A.1-A.5).
+_NATIVE_ENCODINGS = {
+    IMPLICIT_VR_LITTLE_ENDIAN: (False, True, True),
+    EXPLICIT_VR_LITTLE_ENDIAN: (False, False, True),
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: (True, False, True),
+    EXPLICIT_VR_BIG_ENDIAN: (False, False, False),
+}
+
+
 @functools.lru_cache(maxsize=64)
 def encoding(transfer_syntax: str) -> tuple[bool, bool, bool]:
-    """Deflated, implicit VR, little endian: cached, as pydicom validates a UID at
-    each call. ValueError for a UID that is not a transfer syntax."""
+    """Deflated, implicit VR, little endian. ValueError for a UID that is not a
+    transfer syntax. pydicom is asked about the compressed syntaxes only: cached,
+    as it validates a UID at each call."""
+    native = _NATIVE_ENCODINGS.get(transfer_syntax)
+    if native is not None:
+        return native
+    from pydicom.uid import UID
+
     syntax = UID(transfer_syntax)
     return syntax.is_deflated, syntax.is_implicit_VR, syntax.is_little_endian
 

@@ -2,8 +2,9 @@
 
 The sender streams a file's data set straight from disk, so it needs only the
 file meta (SOP class/instance, transfer syntax) and the offset where the data set
-starts; the receiver writes the peer's bytes behind a file meta of its own. pydicom
-reads and writes the file meta group; nothing here parses the data set.
+starts; the receiver writes the peer's bytes behind a file meta of its own. Both
+are scanned and written here; pydicom reads only unusual file meta (imported
+then, not at start-up). Nothing here parses the data set.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import _read_file_meta_info, read_preamble
 
 from dimse.elements import Unscannable, encoding, scan_text, walk
 from dimse.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -109,6 +107,9 @@ def open_dicom_file(path: str | os.PathLike[str]) -> DicomFile:
 
 def _read_file_meta(fp: BinaryIO) -> tuple[list[str], int]:
     """The slow path of _scan_file_meta, by pydicom, for unusual file meta."""
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
     fp.seek(0)
     try:
         read_preamble(fp, force=False)

@@ -11,14 +11,16 @@ anyway, and the caller runs these methods off the event loop.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydicom.dataset import Dataset
-from pydicom.tag import Tag
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
@@ -87,7 +89,7 @@ class Instance:
         calling_ae: str,
         received: float | None = None,
     ) -> Instance:
-        """From a data set read up to its pixel data, or the HEADER_TAGS' text values."""
+        """From a data set read up to its pixel data, or the header_tags() text values."""
 
         def text(keyword: str) -> str:
             value = ds.get(keyword)
@@ -152,30 +154,35 @@ class StudyRow:
     size: int
 
 
-#: What from_header reads, by tag: all top-level, all in groups 0008-0020.
-HEADER_TAGS = {
-    int(Tag(keyword)): keyword
-    for keyword in (
-        "SOPClassUID",
-        "SOPInstanceUID",
-        "PatientID",
-        "PatientName",
-        "PatientBirthDate",
-        "PatientSex",
-        "StudyInstanceUID",
-        "StudyDate",
-        "StudyTime",
-        "StudyDescription",
-        "AccessionNumber",
-        "StudyID",
-        "ReferringPhysicianName",
-        "SeriesInstanceUID",
-        "Modality",
-        "SeriesNumber",
-        "SeriesDescription",
-        "InstanceNumber",
-    )
-}
+#: What from_header reads: all top-level, all in groups 0008-0020.
+HEADER_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "InstanceNumber",
+)
+
+
+@functools.cache
+def header_tags() -> dict[int, str]:
+    """HEADER_KEYWORDS by tag, from pydicom's dictionary (imported on first use)."""
+    from pydicom.tag import Tag
+
+    return {int(Tag(keyword)): keyword for keyword in HEADER_KEYWORDS}
 
 
 _MAX_VARIABLES = 500  # below SQLite's smallest default SQLITE_MAX_VARIABLE_NUMBER (999)

@@ -22,10 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
-
-from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from typing import TYPE_CHECKING, Any
 
 from dimse.client import (
     AssociationError,
@@ -33,13 +30,21 @@ from dimse.client import (
     NoAcceptedContextError,
     connect,
     contexts_for,
+    is_dataset,
 )
 from dimse.files import DicomFile, NotDicomError, open_dicom_file
 from dimse.negotiation import DEFAULT_MAX_PDU, MAX_ASYNC_OPS, MAX_CONTEXTS, ProposedContext
 from dimse.pdu import UserIdentityRQ
-from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES
+from dimse.sop_classes import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    NATIVE_TRANSFER_SYNTAXES,
+)
 from dimse.status import Category, category, describe
 from dimse.transport import DEFAULT_TIMEOUTS, Timeouts
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger("dimse.sender")
 
@@ -106,7 +111,7 @@ class CStoreRequest:
             return self.source.transfer_syntax
         meta = getattr(self.source, "file_meta", None)
         syntax = meta.get("TransferSyntaxUID") if meta else None
-        return str(syntax or ExplicitVRLittleEndian)  # an in-memory data set is encoded
+        return str(syntax or EXPLICIT_VR_LITTLE_ENDIAN)  # an in-memory data set is encoded
 
     @property
     def label(self) -> str:
@@ -147,7 +152,7 @@ def plan_contexts(
         elif proposal is Proposal.LITTLE:
             wanted = [ProposedContext(sop_class, NATIVE_TRANSFER_SYNTAXES[:2])]
         else:
-            wanted = [ProposedContext(sop_class, (ImplicitVRLittleEndian,))]
+            wanted = [ProposedContext(sop_class, (IMPLICIT_VR_LITTLE_ENDIAN,))]
         if contexts and len(contexts) + len(wanted) > MAX_CONTEXTS:
             groups.append((contexts, members))
             contexts, members = [], []
@@ -225,7 +230,9 @@ class Client:
         A file that is not DICOM, or cannot be read, gets its StoreResult (not
         sent) right away, through `callback` too.
         """
-        if isinstance(source, Dataset):
+        if not isinstance(source, str | Path):
+            if not is_dataset(source):
+                raise TypeError(f"not a path or a pydicom Dataset: {type(source).__name__}")
             added = [CStoreRequest(source, callback)]
         else:
             added = []

@@ -45,7 +45,12 @@ from dimse.pdu import (
     RejectSource,
     UserIdentityRQ,
 )
-from dimse.sop_classes import ALL_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES, VERIFICATION
+from dimse.sop_classes import (
+    NATIVE_TRANSFER_SYNTAXES,
+    VERIFICATION,
+    all_transfer_syntaxes,
+    storage_sop_classes,
+)
 from dimse.status import Status
 from dimse.transport import Link, ReadBudget, Stream, Timeouts
 from dimse.upper_layer import State
@@ -123,9 +128,9 @@ class ServiceProvider:
 
 def default_syntaxes() -> dict[str, frozenset[str]]:
     """Verification and every storage SOP class, in every transfer syntax."""
-    everything: frozenset[str] = frozenset(ALL_TRANSFER_SYNTAXES)
-    syntaxes: dict[str, frozenset[str]] = dict.fromkeys(STORAGE_SOP_CLASSES, everything)
-    syntaxes[VERIFICATION] = frozenset(("1.2.840.10008.1.2", "1.2.840.10008.1.2.1"))
+    everything: frozenset[str] = frozenset(all_transfer_syntaxes())
+    syntaxes: dict[str, frozenset[str]] = dict.fromkeys(storage_sop_classes(), everything)
+    syntaxes[VERIFICATION] = frozenset(NATIVE_TRANSFER_SYNTAXES[:2])
     return syntaxes
 
 

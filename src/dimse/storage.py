@@ -25,19 +25,17 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from io import BytesIO
 from pathlib import Path
-from typing import TypeVar
-
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_dataset
-from pydicom.tag import BaseTag
+from typing import TYPE_CHECKING, TypeVar
 
 from dimse.elements import encoding, scan_text
 from dimse.files import file_meta_bytes
-from dimse.index import HEADER_TAGS, Index, Instance
+from dimse.index import Index, Instance, header_tags
 from dimse.server import Outcome, Peer, ServiceProvider, StoreRequest
 from dimse.status import Status, describe
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+    from pydicom.tag import BaseTag
 
 log = logging.getLogger("dimse.storage")
 
@@ -151,13 +149,16 @@ def read_header(
     element, one system call each), else from the file.
     """
     deflated, implicit, little_endian = encoding(transfer_syntax)
-    if deflated:
-        return dcmread(path, stop_before_pixels=True)
     complete = len(head) >= size
-    if little_endian:
-        values = scan_text(head, 0, implicit, HEADER_TAGS, LAST_HEADER_TAG, complete)
+    if little_endian and not deflated:
+        values = scan_text(head, 0, implicit, header_tags(), LAST_HEADER_TAG, complete)
         if values is not None:
             return values
+    from pydicom import dcmread
+    from pydicom.filereader import read_dataset
+
+    if deflated:
+        return dcmread(path, stop_before_pixels=True)
     stopped = False
 
     def past_header(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -501,6 +502,8 @@ def archived_files(root: Path) -> Iterable[Path]:
 
 def read_instance(root: Path, path: Path) -> Instance:
     """Index entry of a stored file, from its header (never its pixel data)."""
+    from pydicom import dcmread
+
     ds = dcmread(path, stop_before_pixels=True)
     stat = path.stat()
     return Instance.from_header(
@@ -544,6 +547,8 @@ def check_index(root: Path) -> IndexReport:
 
 def rebuild_index(root: Path) -> tuple[int, list[str]]:
     """Recreate the index from the files; returns the count and the unreadable files."""
+    from pydicom.errors import InvalidDicomError
+
     instances, unreadable = [], []
     for path in archived_files(root):
         try:
