@@ -202,13 +202,6 @@ class Index:
     def close(self) -> None:
         self._db.close()
 
-    def get(self, sop_instance_uid: str) -> str | None:
-        """The stored path of an instance, if the archive has it."""
-        row = self._db.execute(
-            "SELECT path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
-        ).fetchone()
-        return None if row is None else str(row[0])
-
     def get_many(self, sop_instance_uids: list[str]) -> dict[str, str]:
         """The stored paths of those instances the archive has: one query per round."""
         found: dict[str, str] = {}

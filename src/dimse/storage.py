@@ -322,8 +322,6 @@ class StorageProvider(ServiceProvider):
         if clean_temp:  # not in a second process serving the same archive
             self._clean_temp()
         self.index = Index(self.root / INDEX_FILE, durable=durable_index)
-        # The event loop's own connection, for look-ups (WAL readers never wait).
-        self._lookup = Index(self.root / INDEX_FILE, durable=durable_index)
         # One thread files and indexes, so duplicate checks and renames never race.
         self._filer = ThreadPoolExecutor(1, thread_name_prefix="dimse-archive")
         # The filing round's helpers: they fsync its files in parallel.
@@ -347,16 +345,10 @@ class StorageProvider(ServiceProvider):
         self._syncers.shutdown(wait=True)
         self._filer.shutdown(wait=True)
         self.index.close()
-        self._lookup.close()
 
     async def on_store(self, request: StoreRequest) -> FileSink | Outcome:
-        # Already stored: answered without receiving it into a file (the data set still
-        # arrives and is dropped). The filing round asks again, for copies that arrive
-        # together.
-        uid = request.message.affected_sop_instance_uid
-        duplicate = self._duplicate(uid, self._lookup.get(uid) is not None)
-        if duplicate is not None:
-            return duplicate
+        # Whether it is stored already is asked in its filing round, with the others
+        # (a look-up per command on the event loop was a fifth of that thread's time).
         try:
             return FileSink(self, request)
         except OSError as error:
@@ -418,20 +410,30 @@ class StorageProvider(ServiceProvider):
                     waiter.set_result(result)
 
     def _file_batch(self, sinks: list[FileSink]) -> list[Filed]:
-        """fsync and check, rename into place, fsync folders, index: one round."""
+        """Answer copies, fsync and check, rename into place, fsync folders, index:
+        one round."""
         results: list[Filed] = []
         filed: list[Instance] = []
         replaced: list[Path] = []
         folders: set[Path] = set()
         taken: set[str] = set()
-        synced = list(self._syncers.map(_finish, sinks))
-        uids = [item.sop_instance_uid for item in synced if isinstance(item, Instance)]
+        uids = [sink.request.message.affected_sop_instance_uid for sink in sinks]
         stored = self.index.get_many(uids)
-        for sink, item in zip(sinks, synced, strict=True):
+        # A copy of a stored instance is answered without being written (a small
+        # data set never was; a large one's temporary file is dropped).
+        copies = {uid: self._duplicate(uid, True) for uid in stored}
+        fresh = [sink for sink, uid in zip(sinks, uids, strict=True) if copies.get(uid) is None]
+        synced = dict(zip(fresh, self._syncers.map(_finish, fresh), strict=True))
+        for sink, uid in zip(sinks, uids, strict=True):
+            copy = copies.get(uid)
+            if copy is not None:
+                results.append((copy, None))
+                continue
+            item = synced[sink]
             if isinstance(item, Outcome):
                 results.append((item, None))
                 continue
-            temp, uid = sink.temp_path, item.sop_instance_uid
+            temp = sink.temp_path
             existing = stored.get(uid) or (uid if uid in taken else None)
             duplicate = self._duplicate(uid, existing is not None)
             if duplicate is not None:
