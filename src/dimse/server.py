@@ -14,7 +14,7 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -535,10 +535,11 @@ class _Session:
                 message.affected_sop_instance_uid,
                 error_comment=outcome.comment,
             ),
+            self.link.flush_soon,
         )
         if self._outstanding.get(message.message_id) is message:
             del self._outstanding[message.message_id]  # answered: the ID is free again
-        await self.link.drain()
+        await self.link.writable()
 
     async def _guard(self, call: Awaitable[_T]) -> _T | Outcome:
         try:
@@ -547,10 +548,12 @@ class _Session:
             log.exception("%s: service provider failed", self.peer.address)
             return Outcome(Status.PROCESSING_FAILURE, str(error)[:64])
 
-    def _respond(self, context_id: int, message: Message) -> None:
+    def _respond(
+        self, context_id: int, message: Message, flush: Callable[[], None] | None = None
+    ) -> None:
         if self.connection.state in (State.STA6, State.STA8):  # may send P-DATA
             self.connection.send_message(context_id, message)
-            self.link.flush()
+            (flush or self.link.flush)()
 
     async def _drop_receiving(self) -> None:
         if self._receiving is not None:

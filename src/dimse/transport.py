@@ -240,6 +240,7 @@ class Link:
         #: "budget" (no room in the budget for it in that time) or "idle".
         self.expired = ""
         self._dropped = False  # we dropped a peer that read nothing: read no more either
+        self._flushing = False  # a flush_soon() is scheduled
 
     def flush(self) -> None:
         """Hand what the connection wants to send to the socket; close if it is done."""
@@ -249,8 +250,24 @@ class Link:
         if self.connection.closing and not self.stream.is_closing():
             self.stream.close()
 
+    def flush_soon(self) -> None:
+        """flush() once this turn of the event loop is over, so that what several
+        tasks send in one turn (the responses of one filing round) leaves in one
+        system call rather than one each."""
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flushing = False
+        self.flush()
+
     async def drain(self) -> None:
         self.flush()
+        await self.writable()
+
+    async def writable(self) -> None:
+        """Until the transport holds less than its high-water mark unsent."""
         if self.stream.writable:
             return  # the usual case: no timer to arm
         if not self.stream.is_closing():
