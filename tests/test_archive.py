@@ -41,15 +41,18 @@ from conftest import (
     free_port,
     require,
     run,
+    stored_files,
 )
-from dimse import cli
+from dimse import cli, storage
 from dimse import events as ev
 from dimse.client import AssociationRejectedError
 from dimse.connection import Connection
 from dimse.dimse import CStoreRQ, CStoreRSP
+from dimse.files import open_dicom_file
 from dimse.index import Index
 from dimse.negotiation import IMPLEMENTATION_CLASS_UID, ProposedContext, build_request
 from dimse.pdu import LOCAL_LIMIT_EXCEEDED, RejectReason, RejectResult, RejectSource
+from dimse.sender import Kind, StoreResult
 from dimse.storage import INDEX_FILE, TEMP_DIR, check_index
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -956,3 +959,46 @@ def test_sigkill_at_random_points_never_loses_an_acknowledged_instance(
     final = serve(processes, root, "-q")
     assert list((root / TEMP_DIR).iterdir()) == []
     assert final.stop() == 0
+
+
+# --- memory ---------------------------------------------------------------------------
+
+
+def test_data_sets_held_in_memory_stay_within_the_server_wide_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past HOLD_TOTAL, a small data set streams into its file like a large one: with
+    32 C-STOREs in flight on each of several associations, RSS would grow otherwise."""
+    monkeypatch.setattr(storage, "HOLD_TOTAL", 64 * 1024)  # three of these images
+    files = [
+        make_instance(tmp_path / "in" / f"{n}.dcm", number=n + 1, rows=128, columns=80)
+        for n in range(24)
+    ]
+    provider = storage.StorageProvider(tmp_path / "archive")
+    peaks: list[int] = []
+    write = storage.FileSink.write
+
+    async def counted(sink: storage.FileSink, data: memoryview) -> None:
+        await write(sink, data)
+        peaks.append(provider.holding)
+
+    monkeypatch.setattr(storage.FileSink, "write", counted)
+
+    async def scenario() -> list[StoreResult]:
+        async with dimse.Server(provider, "127.0.0.1", 0) as server:
+            senders = [dimse.Client("127.0.0.1", server.port, called_ae="DIMSE") for _ in "ab"]
+            for n, path in enumerate(files):
+                senders[n % 2].add_request(path)
+            batches = await asyncio.gather(*(sender.send() for sender in senders))
+        return [result for batch in batches for result in batch]
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        provider.close()
+    assert [r.kind for r in results] == [Kind.SUCCESS] * len(files)
+    assert 0 < max(peaks) <= 64 * 1024  # some were held, never more than the cap
+    assert provider.holding == 0  # every hold was given back
+    stored = stored_files(tmp_path / "archive")
+    for path in files:
+        assert dataset_bytes(stored[open_dicom_file(path).sop_instance_uid]) == dataset_bytes(path)
