@@ -455,8 +455,11 @@ class StorageProvider(ServiceProvider):
             relative = self.layout.path(item)
             final = self.root / relative
             try:
-                self._make_dirs(final.parent)
-                os.replace(temp, final)
+                try:
+                    os.replace(temp, final)
+                except FileNotFoundError:  # the first of its series: no folder yet
+                    self._make_dirs(final.parent)
+                    os.replace(temp, final)
             except OSError as error:
                 log.error("cannot file %s: %s", uid, error)
                 results.append((failure_for(error), None))
