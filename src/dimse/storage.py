@@ -307,6 +307,10 @@ def _finish(sink: FileSink) -> Instance | Outcome:
         return failure_for(error)
 
 
+def _finish_all(sinks: list[FileSink]) -> list[Instance | Outcome]:
+    return [_finish(sink) for sink in sinks]
+
+
 class StorageProvider(ServiceProvider):
     """The archive's service provider: accept, validate, file, index, answer.
 
@@ -436,7 +440,13 @@ class StorageProvider(ServiceProvider):
         # data set never was; a large one's temporary file is dropped).
         copies = {uid: self._duplicate(uid, True) for uid in stored}
         fresh = [sink for sink, uid in zip(sinks, uids, strict=True) if copies.get(uid) is None]
-        synced = dict(zip(fresh, self._syncers.map(_finish, fresh), strict=True))
+        # One hand-off per sync thread, not per instance: a round's files split evenly.
+        shares = [fresh[n::SYNC_THREADS] for n in range(SYNC_THREADS)]
+        synced = {
+            sink: result
+            for share, results in zip(shares, self._syncers.map(_finish_all, shares), strict=True)
+            for sink, result in zip(share, results, strict=True)
+        }
         for sink, uid in zip(sinks, uids, strict=True):
             copy = copies.get(uid)
             if copy is not None:
