@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from dimse import events as ev
 from dimse.connection import Connection
@@ -76,8 +77,9 @@ class Stream(asyncio.BufferedProtocol):
     # --- asyncio's side -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's transports implement
+        # asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         set_nodelay(transport)
         # Now, not when a task gets round to it: over TLS, bytes that came with the
         # handshake are received right after this call, and a Connection that has
