@@ -441,7 +441,7 @@ class StorageProvider(ServiceProvider):
         copies = {uid: self._duplicate(uid, True) for uid in stored}
         fresh = [sink for sink, uid in zip(sinks, uids, strict=True) if copies.get(uid) is None]
         # One hand-off per sync thread, not per instance: a round's files split evenly.
-        shares = [fresh[n::SYNC_THREADS] for n in range(SYNC_THREADS)]
+        shares = [fresh[n::SYNC_THREADS] for n in range(min(SYNC_THREADS, len(fresh)))]
         synced = {
             sink: result
             for share, results in zip(shares, self._syncers.map(_finish_all, shares), strict=True)
