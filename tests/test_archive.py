@@ -1002,3 +1002,45 @@ def test_data_sets_held_in_memory_stay_within_the_server_wide_cap(
     stored = stored_files(tmp_path / "archive")
     for path in files:
         assert dataset_bytes(stored[open_dicom_file(path).sop_instance_uid]) == dataset_bytes(path)
+
+
+def test_an_abort_with_stores_in_flight_gives_back_what_they_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The peer aborts while its C-STOREs wait for a (slow) filing round: their
+    waits are cancelled, and what they held must not stay counted against the cap."""
+    provider = storage.StorageProvider(tmp_path / "archive")
+    file_batch = provider._file_batch
+    entered = threading.Event()
+
+    def slow_disk(sinks: list[storage.FileSink]) -> list[storage.Filed]:
+        entered.set()
+        time.sleep(0.5)
+        return file_batch(sinks)
+
+    monkeypatch.setattr(provider, "_file_batch", slow_disk)
+    # Fewer than the window: the server keeps reading, so it sees the abort at once.
+    files = [make_instance(tmp_path / "in" / f"{n}.dcm", number=n + 1) for n in range(4)]
+
+    async def scenario() -> None:
+        async with dimse.Server(provider, "127.0.0.1", 0) as server:
+            contexts = [ProposedContext(CT, (EXPLICIT_LE,))]
+            with pytest.raises(dimse.AssociationError, match="aborted by the local user"):
+                async with dimse.connect(
+                    "127.0.0.1", server.port, called_ae="DIMSE", contexts=contexts, async_ops=8
+                ) as assoc:
+                    stores = [asyncio.create_task(assoc.store(path)) for path in files]
+                    await asyncio.to_thread(entered.wait, 5)
+                    assert provider.holding > 0  # held while their round runs
+                    assoc.abort()
+                    await asyncio.gather(*stores, return_exceptions=True)
+            for _ in range(100):  # the session's clean-up runs after the abort arrives
+                if provider.holding == 0:
+                    break
+                await asyncio.sleep(0.02)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        provider.close()
+    assert provider.holding == 0

@@ -570,9 +570,18 @@ class _Session:
         self.link.stream.close()
 
     async def cleanup(self) -> None:
-        for task in self._working:
-            task.cancel()
         await self._drop_receiving()
+        # C-STOREs received whole are completed although nobody will hear the answer:
+        # the provider may be filing them already (the archive's round does), and each
+        # sink must end with complete() or discard(). At shutdown, or past the DIMSE
+        # timeout, they are cancelled.
+        current = asyncio.current_task()
+        try:
+            if self._working and not (current and current.cancelling()):
+                await asyncio.wait(set(self._working), timeout=self.link.timeouts.dimse)
+        finally:
+            for task in self._working:
+                task.cancel()
         await self.link.close()
 
 

@@ -236,8 +236,10 @@ class FileSink:
         self._holding = 0
 
     async def complete(self) -> int | Outcome:
-        outcome = await self.archive.file(self)
-        self._release()
+        try:
+            outcome = await self.archive.file(self)
+        finally:  # also when an abort cancels the wait: the round still files it
+            self._release()
         if not self.filed:
             await self.discard()
         log.info(
