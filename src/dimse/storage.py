@@ -178,10 +178,11 @@ def read_header(
 class FileSink:
     """Receives one data set into a temporary file; complete() files it durably.
 
-    A data set of up to HOLD_LIMIT bytes is held in memory until complete, then
-    the filing round's sync threads create, write, fsync and close its file in one
-    go: the event loop, the server's busiest thread, makes no file system call for
-    it. A larger one streams into its file as it arrives.
+    A data set of up to HOLD_LIMIT bytes is held in memory until complete (while
+    the archive's sinks hold less than HOLD_TOTAL together), then the filing
+    round's sync threads create, write, fsync and close its file in one go: the
+    event loop, the server's busiest thread, makes no file system call for it.
+    Any other streams into its file as it arrives.
     """
 
     def __init__(self, archive: StorageProvider, request: StoreRequest) -> None:
