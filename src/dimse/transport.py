@@ -192,9 +192,13 @@ class ReadBudget:
         """Associations that stopped reading until the budget has room."""
         return len(self._waiters)
 
+    def try_reserve(self, size: int) -> bool:
+        """Reserve `size` bytes if they fit now and nobody waits before us."""
+        return not self._waiters and self.ledger.try_reserve(size)
+
     async def reserve(self, size: int) -> None:
         """Reserve `size` bytes, waiting while they do not fit (cancel to give up)."""
-        if not self._waiters and self.ledger.try_reserve(size):
+        if self.try_reserve(size):
             return
         waiter = asyncio.get_running_loop().create_future()
         entry = (size, waiter)
@@ -340,11 +344,18 @@ class Link:
         return events if more else events + connection.transport_closed()
 
     def _must_reserve(self) -> bool:
-        """A PDU has started whose size is not reserved in the budget yet."""
+        """A PDU has started whose size is not reserved in the budget yet, and the
+        budget cannot take it at once. When it can, it is reserved here: stopping and
+        resuming the socket for every PDU halved the rate of 16 KB PDUs (storescu's)."""
         if self.budget is None or self.connection.association is None:
             return False
         partial = self.connection.partial_pdu
-        return partial is not None and partial.size > 0 and self._held is None
+        if partial is None or partial.size == 0 or self._held is not None:
+            return False
+        if self.budget.try_reserve(partial.size):
+            self._held = (partial.number, partial.size)
+            return False
+        return True
 
     async def _reserve(self, number: int, size: int) -> None:
         """Hold `size` bytes of the budget for PDU `number` before reading more of it."""
