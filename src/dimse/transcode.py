@@ -19,8 +19,9 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
 from dimse.client import NoAcceptedContextError, RawDataSet
+from dimse.elements import encoding
 from dimse.files import DicomFile
-from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES
+from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES, syntax_name
 
 
 def convert(source: DicomFile | Dataset | RawDataSet, syntax: str, target: str) -> bytes:
@@ -37,7 +38,7 @@ def convert(source: DicomFile | Dataset | RawDataSet, syntax: str, target: str) 
             dataset.decompress()
         except (ImportError, RuntimeError, NotImplementedError, ValueError) as error:
             raise NoAcceptedContextError(
-                f"the peer does not accept {UID(syntax).name} and the data set cannot be "
+                f"the peer does not accept {syntax_name(syntax)} and the data set cannot be "
                 f"decompressed here: {error}".splitlines()[0]
             ) from None
     return encode_dataset(dataset, target)
@@ -49,10 +50,11 @@ def _as_dataset(source: DicomFile | Dataset | RawDataSet) -> Dataset:
         return source
     if isinstance(source, DicomFile):
         return dcmread(source.path)
-    raw, syntax = source.data, UID(source.transfer_syntax)
-    if syntax.is_deflated:
+    raw = source.data
+    deflated, implicit, little_endian = encoding(source.transfer_syntax)
+    if deflated:
         raw = zlib.decompress(raw, -zlib.MAX_WBITS)
-    return read_dataset(io.BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian)
+    return read_dataset(io.BytesIO(raw), implicit, little_endian)
 
 
 #: Word sizes of the "other" VRs whose byte order follows the transfer syntax
@@ -77,16 +79,16 @@ def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
 
     A data set read in the other byte order has its word values swapped in place.
     """
-    syntax = UID(transfer_syntax)
+    deflated, implicit, little_endian = encoding(transfer_syntax)
     source = dataset.original_encoding
-    if source[1] is not None and source[1] != syntax.is_little_endian:
+    if source[1] is not None and source[1] != little_endian:
         _swap_words(dataset)
     buffer = DicomBytesIO()
-    buffer.is_little_endian = syntax.is_little_endian
-    buffer.is_implicit_VR = syntax.is_implicit_VR
+    buffer.is_little_endian = little_endian
+    buffer.is_implicit_VR = implicit
     write_dataset(buffer, dataset)
     data = buffer.getvalue()
-    if syntax.is_deflated:
+    if deflated:
         compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
         data = compressor.compress(data) + compressor.flush()
     return data
