@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import generate_uid
 
 import dimse
 from conftest import stored_files
@@ -19,6 +17,7 @@ from dimse.negotiation import ProposedContext
 from dimse.sender import Kind, StoreResult
 from dimse.server import DataSetSink, Outcome, StoreRequest
 from dimse.storage import StorageProvider
+from test_sender import _generated
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -110,26 +109,9 @@ def test_window_of_one_is_synchronous() -> None:
     assert [r.status for r in responses] == [0] * 4
 
 
-def _files(folder: Path, count: int) -> list[Path]:
-    """Small CT instances of one study, written as PS3.10 files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series, paths = generate_uid(), generate_uid(), []
-    for n in range(count):
-        ds = Dataset()
-        ds.SOPClassUID, ds.SOPInstanceUID = CT, generate_uid()
-        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "WINDOW", study, series
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = EXPLICIT_LE
-        ds.file_meta.MediaStorageSOPClassUID = CT
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        paths.append(folder / f"{n}.dcm")
-        ds.save_as(paths[-1], enforce_file_format=True)
-    return paths
-
-
 def test_default_sender_and_server_keep_thirty_two_in_flight(tmp_path: Path) -> None:
     """The defaults on both sides: the window the archive's fsync rounds rely on."""
-    paths = _files(tmp_path, 64)
+    paths = _generated(tmp_path, 64)
     gate = Gate(expected=32)
 
     async def scenario() -> list[StoreResult]:
@@ -147,7 +129,7 @@ def test_default_sender_and_server_keep_thirty_two_in_flight(tmp_path: Path) -> 
 
 def test_server_and_client_run_on_uvloop(tmp_path: Path) -> None:
     """uvloop's transports implement asyncio's without subclassing them."""
-    paths = _files(tmp_path / "in", 40)
+    paths = _generated(tmp_path / "in", 40)
     provider = StorageProvider(tmp_path / "archive")
 
     async def scenario() -> tuple[int, list[StoreResult]]:

@@ -742,6 +742,14 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def two_associated(port: int) -> tuple[RawPeer, RawPeer]:
+    """Two raw peers, both connected before either associates."""
+    first, second = await RawPeer.open(port), await RawPeer.open(port)
+    await first.associate()
+    await second.associate()
+    return first, second
+
+
 async def store_in_two_halves(peer: RawPeer, message_id: int, size: int) -> tuple[Dataset, bytes]:
     """Send a C-STORE-RQ and the first half of its data set PDU; return the rest."""
     ds, pdu = padded_ct(size)
@@ -758,9 +766,7 @@ def test_two_associations_take_turns_in_a_small_budget(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with serving(tmp_path, max_pdu=BUDGET, max_buffered_bytes=BUDGET) as archive:
             budget = archive.server.budget
-            first, second = await RawPeer.open(archive.port), await RawPeer.open(archive.port)
-            await first.associate()
-            await second.associate()
+            first, second = await two_associated(archive.port)
             _, pdu_1 = await store_in_two_halves(first, 1, 40 << 10)
             await until(lambda: budget.ledger.reserved == len(pdu_1))
             _, pdu_2 = await store_in_two_halves(second, 1, 40 << 10)
@@ -816,9 +822,7 @@ def test_a_pdu_larger_than_the_budget_goes_through_alone(tmp_path: Path) -> None
         options = {"max_pdu": 2 * BUDGET, "max_buffered_bytes": BUDGET}
         async with serving(tmp_path, **options) as archive:
             budget = archive.server.budget
-            large, small = await RawPeer.open(archive.port), await RawPeer.open(archive.port)
-            await large.associate()
-            await small.associate()
+            large, small = await two_associated(archive.port)
             _, pdu_1 = await store_in_two_halves(large, 1, 100 << 10)
             await until(lambda: budget.ledger.reserved == len(pdu_1) > BUDGET)
             _, pdu_2 = await store_in_two_halves(small, 1, 8 << 10)
@@ -844,9 +848,7 @@ def test_a_stalled_pdu_gives_its_budget_back(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with serving(tmp_path, max_pdu=BUDGET, max_buffered_bytes=BUDGET) as archive:
             budget = archive.server.budget
-            stalled, waiting = await RawPeer.open(archive.port), await RawPeer.open(archive.port)
-            await stalled.associate()
-            await waiting.associate()
+            stalled, waiting = await two_associated(archive.port)
             began = time.monotonic()
             await store_in_two_halves(stalled, 1, 40 << 10)
             await until(lambda: budget.ledger.reserved > 0)
