@@ -42,7 +42,7 @@ def test_layout_paths_stay_under_the_root(layout: Layout, value: str, tmp_path: 
         study_date=value,
         series_uid=value,
     )
-    relative = layout.path(item)
+    relative = Path(layout.path(item))
     assert not relative.is_absolute()
     resolved = (tmp_path / relative).resolve()
     assert resolved.is_relative_to(tmp_path.resolve())
