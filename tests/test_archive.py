@@ -317,14 +317,16 @@ def two_studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], l
 
 
 @pytest.mark.interop
+@pytest.mark.parametrize("sync", ["file", "filesystem"])
 def test_storescu_and_pynetdicom_fill_the_archive(
     processes: Processes,
     tmp_path: Path,
     two_studies: tuple[list[Path], list[Path]],
     monkeypatch: pytest.MonkeyPatch,
+    sync: str,
 ) -> None:
     ct, mr = two_studies
-    archive = serve(processes, tmp_path / "archive", "-q")
+    archive = serve(processes, tmp_path / "archive", "-q", "--sync", sync)
     root = archive.root
 
     # dcmtk's storescu sends the CT study's folder (+sd scans it) on one association.
@@ -920,18 +922,19 @@ def test_index_rebuild_and_check(processes: Processes, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sync", ["file", "filesystem"])
 def test_sigkill_at_random_points_never_loses_an_acknowledged_instance(
-    processes: Processes, tmp_path: Path, large_files: list[Path]
+    processes: Processes, tmp_path: Path, large_files: list[Path], sync: str
 ) -> None:
     """Hardening: kill the archive at seeded random moments of a transfer, five times
     on the same folder; after each restart nothing partial is at a final path and
-    every instance ever answered Success is there and indexed."""
+    every instance ever answered Success is there and indexed. In both sync modes."""
     root = tmp_path / "archive"
     rng = random.Random(20261125)
     sources = {header(p).sop: p for p in large_files}
     acknowledged: set[str] = set()
     for _ in range(5):
-        archive = serve(processes, root, "-q")
+        archive = serve(processes, root, "-q", "--sync", sync)
         assert list((root / TEMP_DIR).iterdir()) == []  # start-up cleaned the last kill
         client = processes.start(
             [sys.executable, "-u", "-m", "dimse", "store", "-aec", "DIMSE", "--async-ops", "4",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from dimse.client import contexts_for
 from dimse.files import open_dicom_file
 from dimse.index import Instance
 from dimse.server import AllowRule
-from dimse.storage import Layout, StorageProvider, safe_name
+from dimse.storage import Layout, StorageProvider, safe_name, syncfs_call
 
 HOSTILE = ["../../etc/passwd", "/abs/path", "..", ".", "", "a/b\\c", "x\0y", "  ", "~root", "C:\\x"]
 
@@ -77,3 +79,15 @@ def test_allow_rules_match_ipv4_on_a_dual_stack_socket() -> None:
     assert not rule.admits("CT1", "10.0.0.1:40000")
     assert not rule.admits("CT2", "127.0.0.1:40000")
     assert AllowRule.parse("CT1").admits("CT1", "::1:5000")
+
+
+def test_syncfs_reports_its_errors(tmp_path: Path) -> None:
+    """--sync filesystem relies on syncfs(2) failing loudly: a failed call must raise,
+    never pass for durable (here a closed descriptor, EBADF)."""
+    syncfs = syncfs_call()
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    syncfs(fd)  # the archive's folder: succeeds
+    os.close(fd)
+    with pytest.raises(OSError) as raised:
+        syncfs(fd)
+    assert raised.value.errno == errno.EBADF

@@ -45,6 +45,7 @@ from dimse.storage import (
     DuplicatePolicy,
     Layout,
     StorageProvider,
+    SyncMode,
     check_index,
     rebuild_index,
 )
@@ -270,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DuplicatePolicy.KEEP.value,
         help="a SOP instance stored again: keep the first and answer Success (default), "
         "overwrite it, or reject it with 0111",
+    )
+    serve.add_argument(
+        "--sync",
+        choices=[mode.value for mode in SyncMode],
+        default=SyncMode.FILE.value,
+        help="before answering Success: fsync each file (default), or sync the archive's "
+        "whole file system once per group of files (faster; Linux 5.8+; best on a volume "
+        "of its own, as it also flushes other programs' writes)",
     )
     serve.add_argument(
         "--no-called-ae-check",
@@ -548,7 +557,10 @@ async def _serve(args: argparse.Namespace) -> int:
             else [],
             on_study=[on_study(args.exec_on_study, runner)] if args.exec_on_study else [],
             clean_temp=not args.worker,
+            sync=SyncMode(args.sync),
         )
+    except ValueError as error:
+        raise UsageError(f"dimse serve: --sync {args.sync}: {error}") from None
     except (OSError, sqlite3.Error) as error:
         raise UsageError(f"dimse serve: cannot open {args.output_directory}: {error}") from None
     options = ServerOptions(

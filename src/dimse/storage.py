@@ -2,21 +2,24 @@
 
 Bit-preserving: a stored file is our file meta (PS3.10 §7.1) followed by the
 peer's data set bytes exactly as received. Durable: the bytes stream into a
-temporary file in the archive's own `.incoming` folder, which is fsynced, renamed
-into place, its folder fsynced, and the instance indexed, all before Success is
-answered (PS3.4 §B.2.3: Success means the SCP has stored it). A crash leaves no
-partial file at a final path; leftovers in `.incoming` are removed at start-up.
+temporary file in the archive's own `.incoming` folder, which is fsynced (or the
+whole file system synced, SyncMode.FILESYSTEM), renamed into place, its folder
+fsynced, and the instance indexed, all before Success is answered (PS3.4 §B.2.3:
+Success means the SCP has stored it). A crash leaves no partial file at a final
+path; leftovers in `.incoming` are removed at start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import itertools
 import logging
 import os
 import re
 import sqlite3
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -83,6 +86,32 @@ class Layout(Enum):
     def study_folder(self, item: Instance) -> Path:
         """The folder holding a study's series (the root itself when flat)."""
         return Path() if self is Layout.FLAT else Path(self.path(item)).parent.parent
+
+
+class SyncMode(Enum):
+    """How a filing round makes its files durable before renaming them into place."""
+
+    FILE = "file"  # fsync each file, several at once on the sync threads: any system
+    #: One syncfs(2) of the archive's file system per round: ~20% more small images
+    #: per second here, as the round's Python work stays on one thread. It also
+    #: flushes what other programs wrote to that file system, so it suits an archive
+    #: on a volume of its own. Linux 5.8+ (earlier, syncfs hid write-back errors).
+    FILESYSTEM = "filesystem"
+
+
+def syncfs_call() -> Callable[[int], None]:
+    """syncfs(2) through libc (Python has no binding); ValueError where unavailable."""
+    release = tuple(int(n) for n in re.findall(r"\d+", os.uname().release)[:2])
+    if sys.platform != "linux" or release < (5, 8):
+        raise ValueError("syncing the file system needs Linux 5.8 or later")
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def syncfs(fd: int) -> None:
+        if libc.syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    return syncfs
 
 
 class DuplicatePolicy(Enum):
@@ -260,17 +289,20 @@ class FileSink:
         return outcome
 
     def finish(self) -> Instance | Outcome:
-        """Make the temporary file durable and read what the index needs of it.
+        """Make the temporary file durable (SyncMode.FILE) and read what the index
+        needs of it.
 
-        Runs on a sync thread. Returns the failure to answer instead when the
-        data set cannot be read (Cxxx) or is not the instance its command names.
+        Runs on a sync thread, or the filing thread with SyncMode.FILESYSTEM.
+        Returns the failure to answer instead when the data set cannot be read
+        (Cxxx) or is not the instance its command names.
         """
         if self._held is not None:
             head = b"".join(self._held[1:])  # the whole data set, the file meta left out
             self._create()
         else:  # streamed: read back (from the page cache) rather than kept in memory
             head = os.pread(self._fd, HEAD_SIZE, self.file_size - self.size)
-        os.fsync(self._fd)
+        if self.archive.sync is SyncMode.FILE:
+            os.fsync(self._fd)
         fd, self._fd = self._fd, -1
         os.close(fd)
         try:
@@ -335,16 +367,20 @@ class StorageProvider(ServiceProvider):
         on_study: Iterable[StudyHook] = (),
         durable_index: bool = True,
         clean_temp: bool = True,
+        sync: SyncMode = SyncMode.FILE,
     ) -> None:
         self.root = Path(root)
         self.layout = layout
         self.duplicates = duplicates
+        self.sync = sync
+        self._syncfs = syncfs_call() if sync is SyncMode.FILESYSTEM else None
         self.on_stored = list(on_stored)
         self.on_study = list(on_study)
         (self.root / TEMP_DIR).mkdir(parents=True, exist_ok=True)
         if clean_temp:  # not in a second process serving the same archive
             self._clean_temp()
         self.index = Index(self.root / INDEX_FILE, durable=durable_index)
+        self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)  # for syncfs
         # One thread files and indexes, so duplicate checks and renames never race.
         self._filer = ThreadPoolExecutor(1, thread_name_prefix="dimse-archive")
         # The filing round's helpers: they fsync its files in parallel.
@@ -369,6 +405,7 @@ class StorageProvider(ServiceProvider):
         self._syncers.shutdown(wait=True)
         self._filer.shutdown(wait=True)
         self.index.close()
+        os.close(self._root_fd)
 
     async def on_store(self, request: StoreRequest) -> FileSink | Outcome:
         # Whether it is stored already is asked in its filing round, with the others
@@ -447,13 +484,23 @@ class StorageProvider(ServiceProvider):
         # data set never was; a large one's temporary file is dropped).
         copies = {uid: self._duplicate(uid, True) for uid in stored}
         fresh = [sink for sink, uid in zip(sinks, uids, strict=True) if copies.get(uid) is None]
-        # One hand-off per sync thread, not per instance: a round's files split evenly.
-        shares = [fresh[n::SYNC_THREADS] for n in range(min(SYNC_THREADS, len(fresh)))]
-        synced = {
-            sink: result
-            for share, results in zip(shares, self._syncers.map(_finish_all, shares), strict=True)
-            for sink, result in zip(share, results, strict=True)
-        }
+        if self._syncfs is not None:
+            # Nothing blocks per file: finished here, without hand-offs, then one syncfs
+            # makes the round's data durable, before any rename (never a partial file
+            # at a final path).
+            synced = {sink: _finish(sink) for sink in fresh}
+            if fresh:
+                self._syncfs(self._root_fd)
+        else:
+            # One hand-off per sync thread, not per instance: the files split evenly.
+            shares = [fresh[n::SYNC_THREADS] for n in range(min(SYNC_THREADS, len(fresh)))]
+            synced = {
+                sink: result
+                for share, results in zip(
+                    shares, self._syncers.map(_finish_all, shares), strict=True
+                )
+                for sink, result in zip(share, results, strict=True)
+            }
         for sink, uid in zip(sinks, uids, strict=True):
             copy = copies.get(uid)
             if copy is not None:
