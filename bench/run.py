@@ -101,17 +101,20 @@ class Pair:
     receiver: str  # dcmtk | dimse | pynetdicom
     async_ops: int = 32  # dimse store's default (dimse.negotiation.MAX_ASYNC_OPS)
     no_fsync: bool = False  # receiver under libeatmydata: a diagnostic, not a contender
+    sync: str = "file"  # dimse serve --sync: file (its default) or filesystem
 
     @property
     def label(self) -> str:
         sender = f"dimse (async {self.async_ops})" if self.sender == "dimse" else self.sender
-        return f"{sender} -> {self.receiver}" + (" [no fsync]" if self.no_fsync else "")
+        receiver = self.receiver + (" --sync fs" if self.sync == "filesystem" else "")
+        return f"{sender} -> {receiver}" + (" [no fsync]" if self.no_fsync else "")
 
 
 PAIRS = (
     Pair("dcmtk", "dcmtk", "dcmtk"),
     Pair("pynetdicom", "pynetdicom", "pynetdicom"),
     Pair("dimse", "dimse", "dimse"),
+    Pair("dimse-syncfs", "dimse", "dimse", sync="filesystem"),
     Pair("dimse-async1", "dimse", "dimse", 1),
     Pair("dimse-to-dcmtk", "dimse", "dcmtk"),
     Pair("dcmtk-to-dimse", "dcmtk", "dimse"),
@@ -302,7 +305,7 @@ def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
-def receiver_command(kind: str, port: int, out: Path) -> list[str]:
+def receiver_command(kind: str, port: int, out: Path, sync: str = "file") -> list[str]:
     if kind == "dcmtk":
         # +B bit-preserving, +xe prefer Explicit VR LE, -dhl no reverse DNS lookup.
         return [STORESCP, "+B", "+xe", "-dhl", "-aet", AE_TITLE, "-od", str(out), str(port)]
@@ -310,6 +313,7 @@ def receiver_command(kind: str, port: int, out: Path) -> list[str]:
         return [
             *(sys.executable, "-m", "dimse", "serve", str(port)),
             *("--bind", HOST, "-aet", AE_TITLE, "-od", str(out)),
+            *(("--sync", sync) if sync != "file" else ()),
         ]
     return [sys.executable, str(BENCH / "pynetdicom_scp.py"), str(port), str(out)]
 
@@ -523,7 +527,7 @@ def measure(
         (work / f"{tag}.receiver.log").open("wb") as recv_log,
         (work / f"{tag}.sender.log").open("wb") as send_log,
     ):
-        receiver = spawn(receiver_command(pair.receiver, port, out), recv_log, recv_env)
+        receiver = spawn(receiver_command(pair.receiver, port, out, pair.sync), recv_log, recv_env)
         recv_started = time.perf_counter()
         deadline = recv_started + 30
         while not listening(port):
@@ -1130,7 +1134,7 @@ def run(args: argparse.Namespace, scenarios: Sequence[Scenario], work: Path) -> 
         "pairs": [asdict(p) | {"label": p.label} for p in pairs],
         "commands": {
             p.key: {
-                "receiver": receiver_command(p.receiver, 0, Path("OUT")),
+                "receiver": receiver_command(p.receiver, 0, Path("OUT"), p.sync),
                 "sender": sender_command(p, 0, Path("DATA")),
                 "sender_startup": startup_command(p.sender),
             }
