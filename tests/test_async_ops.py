@@ -13,7 +13,7 @@ import dimse
 from conftest import stored_files
 from dimse.client import RawDataSet
 from dimse.dimse import CStoreRSP
-from dimse.negotiation import ProposedContext
+from dimse.negotiation import MAX_ASYNC_OPS, ProposedContext
 from dimse.sender import Kind, StoreResult
 from dimse.server import DataSetSink, Outcome, StoreRequest
 from dimse.storage import StorageProvider
@@ -109,10 +109,10 @@ def test_window_of_one_is_synchronous() -> None:
     assert [r.status for r in responses] == [0] * 4
 
 
-def test_default_sender_and_server_keep_thirty_two_in_flight(tmp_path: Path) -> None:
-    """The defaults on both sides: the window the archive's fsync rounds rely on."""
-    paths = _generated(tmp_path, 64)
-    gate = Gate(expected=32)
+def test_default_sender_and_server_keep_sixty_four_in_flight(tmp_path: Path) -> None:
+    """The defaults on both sides: the window the archive's filing rounds rely on."""
+    paths = _generated(tmp_path, 128)
+    gate = Gate(expected=MAX_ASYNC_OPS)
 
     async def scenario() -> list[StoreResult]:
         async with dimse.Server(HoldingProvider(gate), "127.0.0.1", 0) as server:
@@ -122,9 +122,9 @@ def test_default_sender_and_server_keep_thirty_two_in_flight(tmp_path: Path) -> 
             return await client.send()
 
     results = asyncio.run(scenario())
-    assert gate.peak == 32
-    assert [r.kind for r in results] == [Kind.SUCCESS] * 64
-    assert len(gate.received) == 64
+    assert gate.peak == MAX_ASYNC_OPS == 64
+    assert [r.kind for r in results] == [Kind.SUCCESS] * 128
+    assert len(gate.received) == 128
 
 
 def test_server_and_client_run_on_uvloop(tmp_path: Path) -> None:
