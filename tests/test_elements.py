@@ -182,3 +182,7 @@ def test_encoding_agrees_with_pydicom() -> None:
     ) == NATIVE_TRANSFER_SYNTAXES
     with pytest.raises(ValueError):
         encoding(VERIFICATION)
+
+
+def test_the_header_is_read_up_to_the_last_attribute_the_index_keeps() -> None:
+    assert max(header_tags()) == LAST_HEADER_TAG

@@ -165,9 +165,9 @@ def failure_for(error: OSError) -> Outcome:
     return Outcome(Status.OUT_OF_RESOURCES, f"cannot write: {error.strerror}"[:64])
 
 
-#: The index and the checks read nothing past group 0020 (Relationship: study,
-#: series and instance numbers); the header is parsed up to there only.
-LAST_HEADER_TAG = 0x0020FFFF
+#: The index and the checks read nothing past (0020,0013) Instance Number, the last
+#: of index.HEADER_KEYWORDS; the header is parsed up to there only.
+LAST_HEADER_TAG = 0x00200013
 _past = int.__gt__  # C-level: pydicom's BaseTag compares in Python
 
 
