@@ -171,6 +171,14 @@ LAST_HEADER_TAG = 0x00200013
 _past = int.__gt__  # C-level: pydicom's BaseTag compares in Python
 
 
+def scan_header(head: bytes | bytearray, size: int, transfer_syntax: str) -> dict[str, str] | None:
+    """read_header()'s fast path alone: None when pydicom is needed."""
+    deflated, implicit, little_endian = encoding(transfer_syntax)
+    if deflated or not little_endian:
+        return None
+    return scan_text(head, 0, implicit, header_tags(), LAST_HEADER_TAG, len(head) >= size)
+
+
 def read_header(
     head: bytes | bytearray, size: int, transfer_syntax: str, path: str
 ) -> Dataset | dict[str, str]:
@@ -181,12 +189,11 @@ def read_header(
     when they fit in `head` (pydicom asks a file for its position at every
     element, one system call each), else from the file.
     """
+    values = scan_header(head, size, transfer_syntax)
+    if values is not None:
+        return values
     deflated, implicit, little_endian = encoding(transfer_syntax)
     complete = len(head) >= size
-    if little_endian and not deflated:
-        values = scan_text(head, 0, implicit, header_tags(), LAST_HEADER_TAG, complete)
-        if values is not None:
-            return values
     from pydicom import dcmread
     from pydicom.filereader import read_dataset
 
@@ -233,6 +240,7 @@ class FileSink:
         self._holding = 0  # bytes of the data set counted in archive.holding
         self._fd = -1
         self._advised = 0  # bytes handed to writeback early
+        self._checked: Instance | Outcome | None = None  # by complete(), on the event loop
 
     async def write(self, data: memoryview) -> None:
         self.size += len(data)
@@ -266,6 +274,13 @@ class FileSink:
         self._holding = 0
 
     async def complete(self) -> int | Outcome:
+        if self._held is not None:
+            # Checked here, where its bytes are: the filing thread then only writes it.
+            # Scanned on that thread, it waited on the GIL for the event loop and the
+            # sync threads (+15% images/s with --sync file, medians of 6).
+            header = scan_header(b"".join(self._held[1:]), self.size, self.request.transfer_syntax)
+            if header is not None:
+                self._checked = self._instance(header)
         try:
             outcome = await self.archive.file(self)
         finally:  # also when an abort cancels the wait: the round still files it
@@ -288,12 +303,16 @@ class FileSink:
         return outcome
 
     def prepare(self) -> Instance | Outcome:
-        """Write what was held and read what the index needs; the file stays open
-        for sync() or close().
+        """Write what was held and read what the index needs (unless complete()
+        did); the file stays open for sync() or close().
 
         Runs on the filing thread. Returns the failure to answer instead when the
         data set cannot be read (Cxxx) or is not the instance its command names.
         """
+        if self._checked is not None:
+            if not isinstance(self._checked, Outcome):
+                self._create()
+            return self._checked
         if self._held is not None:
             head = b"".join(self._held[1:])  # the whole data set, the file meta left out
             self._create()
@@ -305,6 +324,9 @@ class FileSink:
             # PS3.4 §B.2.3: Cxxx, the SCP cannot understand the data set.
             log.warning("%s: unreadable data set: %r", self.request.peer.address, error)
             return Outcome(Status.CANNOT_UNDERSTAND, f"cannot parse data set: {error}"[:64])
+        return self._instance(header)
+
+    def _instance(self, header: Dataset | dict[str, str]) -> Instance | Outcome:
         return self._validate(header) or Instance.from_header(
             header,
             transfer_syntax=self.request.transfer_syntax,
