@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 from pathlib import Path
 
@@ -186,3 +187,9 @@ def test_encoding_agrees_with_pydicom() -> None:
 
 def test_the_header_is_read_up_to_the_last_attribute_the_index_keeps() -> None:
     assert max(header_tags()) == LAST_HEADER_TAG
+
+
+def test_a_long_header_cut_off_is_left_to_pydicom() -> None:
+    """An OB header whose 32-bit length is not all there (found by test_hostile)."""
+    data = struct.pack("<HH2sH", 0x0008, 0x0010, b"OB", 0) + b"\0\0"
+    assert scan_text(data, 0, False, header_tags(), LAST_HEADER_TAG, complete=True) is None

@@ -176,6 +176,8 @@ def scan_text(
                 return values
             header = header_size(vr)
             if header == 12:
+                if at + 12 > size:
+                    return None  # the header is cut off
                 (length,) = long_length(buf, at + 8)
                 at += 12
                 nested_implicit = vr == b"UN"  # §6.2.2: an implicit VR sequence
