@@ -242,7 +242,10 @@ class ClientAssociation:
                         await self._send_payload(context_id, payload)
                     else:
                         await self._link.drain()
-                return await asyncio.wait_for(asyncio.shield(future), self._link.timeouts.dimse)
+                # asyncio.timeout, not wait_for(shield()): no extra future and callbacks
+                # per request. A late response finds no pending future and is dropped.
+                async with asyncio.timeout(self._link.timeouts.dimse):
+                    return await future
             except TimeoutError:
                 self.abort()
                 raise AssociationError("no response within the DIMSE timeout") from None
