@@ -20,6 +20,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterator, Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,14 @@ def _max_pdu(value: str) -> int:
     if not value.isdigit() or not (int(value) == 0 or 4096 <= int(value) <= 1 << 26):
         raise argparse.ArgumentTypeError(f"max PDU must be 0 or 4096..67108864: {value!r}")
     return int(value)
+
+
+def _enum_option(
+    parser: argparse.ArgumentParser, flag: str, default: Enum, description: str
+) -> None:
+    """An option whose values are those of `default`'s enum."""
+    choices = [member.value for member in type(default)]
+    parser.add_argument(flag, choices=choices, default=default.value, help=description)
 
 
 def _positive(value: str) -> int:
@@ -217,11 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument(
         "--associations", type=_positive, default=1, help="parallel associations (1)"
     )
-    store.add_argument(
+    _enum_option(
+        store,
         "--propose",
-        choices=[p.value for p in Proposal],
-        default=Proposal.FILE.value,
-        help="transfer syntaxes to propose: file = each file's own plus explicit and "
+        Proposal.FILE,
+        "transfer syntaxes to propose: file = each file's own plus explicit and "
         "implicit little endian (default), little = explicit and implicit little endian "
         "only, implicit = implicit little endian only; others are converted",
     )
@@ -258,25 +267,25 @@ def build_parser() -> argparse.ArgumentParser:
         "-od", "--output-directory", type=Path, default=Path("DICOM"), help="archive root (./DICOM)"
     )
     serve.add_argument("--bind", default="0.0.0.0", help="address to listen on (0.0.0.0)")
-    serve.add_argument(
+    _enum_option(
+        serve,
         "--layout",
-        choices=[layout.value for layout in Layout],
-        default=Layout.STUDY.value,
-        help="folders: study = Study/Series/SOP.dcm (default), patient = PatientID/Study/"
+        Layout.STUDY,
+        "folders: study = Study/Series/SOP.dcm (default), patient = PatientID/Study/"
         "Series/SOP.dcm, date = StudyDate/Study/Series/SOP.dcm, flat = SOP.dcm",
     )
-    serve.add_argument(
+    _enum_option(
+        serve,
         "--duplicates",
-        choices=[policy.value for policy in DuplicatePolicy],
-        default=DuplicatePolicy.KEEP.value,
-        help="a SOP instance stored again: keep the first and answer Success (default), "
+        DuplicatePolicy.KEEP,
+        "a SOP instance stored again: keep the first and answer Success (default), "
         "overwrite it, or reject it with 0111",
     )
-    serve.add_argument(
+    _enum_option(
+        serve,
         "--sync",
-        choices=[mode.value for mode in SyncMode],
-        default=SyncMode.FILE.value,
-        help="before answering Success: fsync each file (default), or sync the archive's "
+        SyncMode.FILE,
+        "before answering Success: fsync each file (default), or sync the archive's "
         "whole file system once per group of files (faster; Linux 5.8+; best on a volume "
         "of its own, as it also flushes other programs' writes)",
     )
