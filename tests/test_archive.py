@@ -971,7 +971,8 @@ def test_data_sets_held_in_memory_stay_within_the_server_wide_cap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past HOLD_TOTAL, a small data set streams into its file like a large one: with
-    32 C-STOREs in flight on each of several associations, RSS would grow otherwise."""
+    a full window of C-STOREs in flight on each of several associations, RSS would grow
+    otherwise."""
     monkeypatch.setattr(storage, "HOLD_TOTAL", 64 * 1024)  # three of these images
     files = [
         make_instance(tmp_path / "in" / f"{n}.dcm", number=n + 1, rows=128, columns=80)
