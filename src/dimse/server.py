@@ -52,14 +52,10 @@ from dimse.sop_classes import (
     storage_sop_classes,
 )
 from dimse.status import Status
-from dimse.transport import Link, ReadBudget, Stream, Timeouts
+from dimse.transport import DEFAULT_MAX_BUFFERED, Link, ReadBudget, Stream, Timeouts
 from dimse.upper_layer import State
 
 log = logging.getLogger("dimse.server")
-
-#: Bytes of partially received PDUs all associations may hold together: 256
-#: associations each in the middle of a 1 MiB PDU (our default maximum).
-DEFAULT_MAX_BUFFERED = 256 << 20
 
 _T = TypeVar("_T")
 

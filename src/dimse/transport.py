@@ -175,6 +175,10 @@ class Stream(asyncio.BufferedProtocol):
 
 DEFAULT_TIMEOUTS = Timeouts()
 
+#: Bytes of partially received PDUs all associations may hold together: 256
+#: associations each in the middle of a 1 MiB PDU (our default maximum).
+DEFAULT_MAX_BUFFERED = 256 << 20
+
 
 class ReadBudget:
     """The asyncio side of a :class:`~dimse.pdu.BufferBudget`: waiting for room, in turn.
