@@ -55,7 +55,7 @@ class SyncMode(Enum):
 
     FILE = "file"  # fsync each file, several at once on the sync threads: any system
     #: One syncfs(2) of the archive's file system per round, so one cache flush
-    #: instead of one per file: ~20-40% more small images per second here. It also
+    #: instead of one per file: ~20% more small images per second here. It also
     #: flushes what other programs wrote to that file system, so it suits an archive
     #: on a volume of its own. Linux 5.8+ (earlier, syncfs hid write-back errors).
     FILESYSTEM = "filesystem"
