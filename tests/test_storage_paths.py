@@ -15,8 +15,8 @@ from conftest import SAMPLE_FILES, stored_files
 from dimse.client import contexts_for
 from dimse.files import open_dicom_file
 from dimse.index import Instance
-from dimse.server import AllowRule
 from dimse.policies import Layout, safe_name
+from dimse.server import AllowRule
 from dimse.storage import StorageProvider, syncfs_call
 
 HOSTILE = ["../../etc/passwd", "/abs/path", "..", ".", "", "a/b\\c", "x\0y", "  ", "~root", "C:\\x"]
