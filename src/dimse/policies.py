@@ -2,7 +2,7 @@
 gets (DuplicatePolicy), how a file is made durable (SyncMode).
 
 Apart from :mod:`dimse.storage` so that the `dimse` command can offer them as
-options without importing the archive: `dimse store` starts ~40 ms sooner.
+options without importing the archive: `dimse store` starts ~20 ms sooner.
 """
 
 from __future__ import annotations
