@@ -1108,9 +1108,10 @@ def run(args: argparse.Namespace, scenarios: Sequence[Scenario], work: Path) -> 
         return result
 
     # Repetition is the outer loop so that a slow spell of the machine hits every pair,
-    # and each repetition starts with another pair. In a fixed order, dcmtk's small run
-    # always came right after the large scenario's files were deleted, and took a
-    # median 2.4 s there against 1.1-1.5 s in runs of its own: a bias for dimse.
+    # and each repetition starts with another pair, so that no pair always follows the
+    # same one. (In a fixed order, dcmtk's small run took a median 2.4 s against
+    # 1.1-1.5 s in runs of its own; the cause proved to be the deleted outputs of the
+    # runs before it: see Scenario.keep_outputs.)
     for repetition in range(args.repeat):
         for sender in senders:
             startups[sender].append(startup_time(sender))
