@@ -22,7 +22,7 @@ from pydicom.uid import (
 )
 
 from conftest import TEST_FILES, dataset_bytes
-from dimse.elements import Unscannable, encoding, scan_text, walk
+from dimse.elements import HeaderShapes, Unscannable, encoding, learn_shape, scan_text, walk
 from dimse.files import NotDicomError, open_dicom_file
 from dimse.index import Instance, header_tags
 from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES, VERIFICATION
@@ -193,3 +193,89 @@ def test_a_long_header_cut_off_is_left_to_pydicom() -> None:
     """An OB header whose 32-bit length is not all there (found by test_hostile)."""
     data = struct.pack("<HH2sH", 0x0008, 0x0010, b"OB", 0) + b"\0\0"
     assert scan_text(data, 0, False, header_tags(), LAST_HEADER_TAG, complete=True) is None
+
+
+def _scanned_alike(headers: list[bytes], implicit: bool) -> None:
+    """HeaderShapes answers as scan_text does, each header scanned as one source's."""
+    shapes = HeaderShapes(header_tags(), LAST_HEADER_TAG)
+    for number, data in enumerate(headers):
+        expected = scan_text(data, 0, implicit, header_tags(), LAST_HEADER_TAG, complete=True)
+        assert shapes.scan("source", data, implicit, complete=True) == expected, number
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+def test_shapes_answer_as_the_walk_on_series_of_every_test_file() -> None:
+    """Each Little Endian test file as a series: UIDs and numbers of changing length,
+    a value changed, the file itself again, then cut short."""
+    series = 0
+    for path, data, syntax in BUNDLED:
+        uid = UID(syntax)
+        if uid.is_deflated or not uid.is_little_endian:
+            continue
+        try:
+            ds = read_dataset(BytesIO(data), uid.is_implicit_VR, True, stop_when=None)
+            headers = [data]
+            for number in (1, 22, 333, 4444, 5, 66):
+                ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{number * 7919}"
+                ds.InstanceNumber = number
+                ds.PatientName = "DOE^J" if number % 2 else "ROE^R"
+                headers.append(_encoded(ds, uid.is_implicit_VR))
+        except Exception:  # pydicom cannot read or write some deliberately broken files
+            continue
+        headers += [data, data[: len(data) // 2], data[:200], data]
+        _scanned_alike(headers, uid.is_implicit_VR)
+        series += 1
+    assert series >= len(BUNDLED) // 2, (series, len(BUNDLED))
+
+
+def test_a_shape_reads_headers_like_the_one_it_was_learnt_from() -> None:
+    ds = _with_sequences()
+    first = _encoded(ds, implicit=False)
+    elements: list[tuple[int, int, int, int]] = []
+    scan_text(first, 0, False, header_tags(), LAST_HEADER_TAG, elements=elements)
+    uid, name = 0x00080018, 0x00100010  # SOP Instance UID of varying length; Patient's Name
+    shape = learn_shape(first, False, elements, header_tags(), resized={uid}, changed={name})
+    assert shape is not None
+    ds.SOPInstanceUID, ds.PatientName = "1.2.3.4.55555", "ROE^JOHN"
+    second = _encoded(ds, implicit=False)
+    assert shape.match(second) == scan_text(second, 0, False, header_tags(), LAST_HEADER_TAG)
+    assert shape.match(second)["SOPInstanceUID"] == "1.2.3.4.55555"
+    ds.PatientName = "ROE^JOHNNY"  # a new length where none was expected
+    assert shape.match(_encoded(ds, implicit=False)) is None
+    ds.PatientName, ds.PatientID = "ROE^JOHN", "ID2"  # a new value where none was expected
+    assert shape.match(_encoded(ds, implicit=False)) is None
+    # The walk that ends before the last tag wanted teaches nothing.
+    cut: list[tuple[int, int, int, int]] = []
+    scan_text(first[:60], 0, False, header_tags(), LAST_HEADER_TAG, elements=cut)
+    assert learn_shape(first[:60], False, cut, header_tags(), set(), set()) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    implicit=st.booleans(),
+    undefined=st.booleans(),
+    changes=st.lists(
+        st.tuples(
+            st.integers(0, 10**12),  # the SOP Instance UID's last component
+            st.sampled_from(["DOE^JANE", "ROE^JOHN", "DOE^JANE^X", "A\\B", ""]),
+            st.integers(0, 300),  # a byte to spoil, if within the data set
+            st.integers(0, 255),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_shapes_answer_as_the_walk_whatever_changes(
+    implicit: bool, undefined: bool, changes: list[tuple[int, str, int, int]]
+) -> None:
+    ds = _with_sequences()
+    ds["ProcedureCodeSequence"].is_undefined_length = undefined
+    headers = [_encoded(ds, implicit)]
+    for number, name, at, value in changes:
+        ds.SOPInstanceUID, ds.PatientName = f"1.2.3.{number}", name
+        good = _encoded(ds, implicit)
+        headers.append(good)
+        if at < len(good):
+            headers.append(good[:at] + bytes([value]) + good[at + 1 :])
+    _scanned_alike(headers, implicit)
