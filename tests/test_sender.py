@@ -27,7 +27,7 @@ from conftest import (
     stored_files,
 )
 from dimse.files import open_dicom_file
-from dimse.sender import Client, Kind, StoreResult, plan_contexts
+from dimse.sender import Client, Kind, StoreResult, find_files, plan_contexts
 from dimse.sop_classes import storage_sop_classes
 from dimse.storage import StorageProvider
 from test_interop_pynetdicom import PynetdicomSCP
@@ -336,3 +336,20 @@ def test_a_data_set_without_file_meta_is_sent_encoded(tmp_path: Path) -> None:
     assert [r.kind for r in asyncio.run(scenario())] == [Kind.SUCCESS]
     (stored,) = stored_files(tmp_path / "archive").values()
     assert pydicom.dcmread(stored).SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_files_of_a_folder_are_found_as_pathlib_finds_them(tmp_path: Path) -> None:
+    """In Path order, links to files included, links to folders not followed."""
+    for name in ("b/z.dcm", "b/a.dcm", "a.dcm", "b.dcm", "c/d/e.dcm", ".hidden", "B.dcm"):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(b"x")
+    (tmp_path / "in" / "link.dcm").symlink_to(tmp_path / "in" / "a.dcm")
+    (tmp_path / "in" / "folder-link").symlink_to(tmp_path / "in" / "c")
+    folder = tmp_path / "in"
+    assert find_files([folder], recurse=True) == sorted(
+        p for p in folder.rglob("*") if p.is_file()
+    )
+    assert find_files([str(folder) + "/"], recurse=False) == sorted(
+        p for p in folder.glob("*") if p.is_file()
+    )
+    assert folder / "folder-link" / "d" / "e.dcm" not in find_files([folder], recurse=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from dimse.elements import Unscannable, encoding, scan_text, walk
+from dimse.elements import encoding, scan_text
 from dimse.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 PREAMBLE = bytes(128) + b"DICM"
@@ -42,7 +42,8 @@ class DicomFile:
         return self.size - self.dataset_offset
 
 
-_WANTED = {0x00020002: 0, 0x00020003: 1, 0x00020010: 2}
+_META_TAGS = {0x00020002: "class", 0x00020003: "instance", 0x00020010: "syntax"}
+_LAST_META_TAG = 0x0002FFFF
 _META_READ = 4096
 
 
@@ -55,17 +56,11 @@ def _scan_file_meta(head: bytes) -> tuple[list[str], int] | None:
     """
     if head[128:132] != b"DICM":
         return None
-    values = ["", "", ""]
-    try:
-        for tag, offset, start, end in walk(head, 132, implicit=False):
-            if tag >> 16 != 2:
-                return (values, offset) if all(values) else None
-            slot = _WANTED.get(tag)
-            if slot is not None and 0 <= end <= len(head):
-                values[slot] = head[start:end].decode("ascii", "replace").rstrip("\0 ")
-    except Unscannable:
+    elements: list[tuple[int, int, int, int]] = []
+    values = scan_text(head, 132, False, _META_TAGS, _LAST_META_TAG, elements=elements)
+    if values is None or len(values) < 3 or not all(values.values()):
         return None
-    return None
+    return [values["class"], values["instance"], values["syntax"]], elements[-1][1]
 
 
 #: (0008,0016) SOP Class UID, (0008,0018) SOP Instance UID: the data set's own.
@@ -95,12 +90,16 @@ def _dataset_sop(head: bytes, offset: int, syntax: str) -> tuple[str, str] | Non
 def open_dicom_file(path: str | os.PathLike[str]) -> DicomFile:
     """Read only the preamble and file meta of `path` (PS3.10 §7.1)."""
     path = Path(path)
-    with path.open("rb") as fp:
-        size = os.fstat(fp.fileno()).st_size
-        head = fp.read(_META_READ)
+    fd = os.open(path, os.O_RDONLY)  # no file object: ~1000 of them a second
+    try:
+        size = os.fstat(fd).st_size
+        head = os.read(fd, _META_READ)
         scanned = _scan_file_meta(head)
         if scanned is None:
-            scanned = _read_file_meta(fp)
+            with path.open("rb") as fp:
+                scanned = _read_file_meta(fp)
+    finally:
+        os.close(fd)
     (sop_class, sop_instance, syntax), offset = scanned
     sop_class, sop_instance = _dataset_sop(head, offset, syntax) or (sop_class, sop_instance)
     return DicomFile(path, sop_class, sop_instance, syntax, offset, size)
