@@ -195,12 +195,12 @@ def test_a_long_header_cut_off_is_left_to_pydicom() -> None:
     assert scan_text(data, 0, False, header_tags(), LAST_HEADER_TAG, complete=True) is None
 
 
-def _scanned_alike(headers: list[bytes], implicit: bool) -> None:
+def _scanned_alike(headers: list[bytes], implicit: bool, label: str = "") -> None:
     """HeaderShapes answers as scan_text does, each header scanned as one source's."""
     shapes = HeaderShapes(header_tags(), LAST_HEADER_TAG)
     for number, data in enumerate(headers):
         expected = scan_text(data, 0, implicit, header_tags(), LAST_HEADER_TAG, complete=True)
-        assert shapes.scan("source", data, implicit, complete=True) == expected, number
+        assert shapes.scan("source", data, implicit, complete=True) == expected, (label, number)
 
 
 @pytest.mark.filterwarnings("ignore:Expected explicit VR")
@@ -224,7 +224,7 @@ def test_shapes_answer_as_the_walk_on_series_of_every_test_file() -> None:
         except Exception:  # pydicom cannot read or write some deliberately broken files
             continue
         headers += [data, data[: len(data) // 2], data[:200], data]
-        _scanned_alike(headers, uid.is_implicit_VR)
+        _scanned_alike(headers, uid.is_implicit_VR, path.name)
         series += 1
     assert series >= len(BUNDLED) // 2, (series, len(BUNDLED))
 

@@ -346,9 +346,7 @@ def test_files_of_a_folder_are_found_as_pathlib_finds_them(tmp_path: Path) -> No
     (tmp_path / "in" / "link.dcm").symlink_to(tmp_path / "in" / "a.dcm")
     (tmp_path / "in" / "folder-link").symlink_to(tmp_path / "in" / "c")
     folder = tmp_path / "in"
-    assert find_files([folder], recurse=True) == sorted(
-        p for p in folder.rglob("*") if p.is_file()
-    )
+    assert find_files([folder], recurse=True) == sorted(p for p in folder.rglob("*") if p.is_file())
     assert find_files([str(folder) + "/"], recurse=False) == sorted(
         p for p in folder.glob("*") if p.is_file()
     )

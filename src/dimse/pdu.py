@@ -45,6 +45,10 @@ class PDUType(enum.IntEnum):
     ABORT = 0x07
 
 
+#: PDUType by its byte: PDUType(byte) runs Python code, at every PDU received.
+_PDU_TYPES = {kind.value: kind for kind in PDUType}
+
+
 class ContextResult(enum.IntEnum):
     """Presentation context result/reason (PS3.8 Table 9-18)."""
 
@@ -766,12 +770,9 @@ class PDUReader:
         if filled < 6:
             return None
         kind_byte, length = _HEADER.unpack_from(buffer)
-        try:
-            kind = PDUType(kind_byte)
-        except ValueError:
-            raise ProtocolError(
-                f"unknown PDU type 0x{kind_byte:02X}", AbortReason.UNRECOGNIZED_PDU
-            ) from None
+        kind = _PDU_TYPES.get(kind_byte)
+        if kind is None:
+            raise ProtocolError(f"unknown PDU type 0x{kind_byte:02X}", AbortReason.UNRECOGNIZED_PDU)
         limit = self._limit(kind_byte)
         if length > limit:
             raise ProtocolError(f"{kind.name} PDU of {length} bytes exceeds the limit of {limit}")

@@ -14,7 +14,15 @@ from __future__ import annotations
 import enum
 
 
-class State(enum.Enum):
+class _Member(enum.Enum):
+    """Hashed by identity, in C: Enum hashes its name in Python, and the table is
+    looked up for every PDU sent and received (members are singletons, compared
+    by identity, so the hash agrees with equality)."""
+
+    __hash__ = object.__hash__
+
+
+class State(_Member):
     """PS3.8 Table 9-1."""
 
     STA1 = "Idle"
@@ -32,7 +40,7 @@ class State(enum.Enum):
     STA13 = "Awaiting transport connection close indication"
 
 
-class Event(enum.Enum):
+class Event(_Member):
     """PS3.8 Table 9-2."""
 
     EVT1 = "A-ASSOCIATE request (local user)"
@@ -56,7 +64,7 @@ class Event(enum.Enum):
     EVT19 = "Unrecognized or invalid PDU received"
 
 
-class Action(enum.Enum):
+class Action(_Member):
     """PS3.8 Tables 9-6 to 9-9."""
 
     AE_1 = "AE-1: Issue TRANSPORT CONNECT request"
