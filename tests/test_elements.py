@@ -22,9 +22,10 @@ from pydicom.uid import (
 )
 
 from conftest import TEST_FILES, dataset_bytes
-from dimse.elements import HeaderShapes, Unscannable, encoding, learn_shape, scan_text, walk
+from dimse.elements import Unscannable, encoding, scan_text, walk
 from dimse.files import NotDicomError, open_dicom_file
 from dimse.index import Instance, header_tags
+from dimse.shapes import HeaderShapes, learn_shape
 from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES, VERIFICATION
 from dimse.storage import HEAD_SIZE, LAST_HEADER_TAG, read_header
 

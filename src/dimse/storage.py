@@ -30,11 +30,12 @@ from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from dimse.elements import HeaderShapes, encoding, scan_text
+from dimse.elements import encoding, scan_text
 from dimse.files import file_meta_bytes
 from dimse.index import Index, Instance, header_tags
 from dimse.policies import DuplicatePolicy, Layout, SyncMode
 from dimse.server import Outcome, Peer, ServiceProvider, StoreRequest
+from dimse.shapes import HeaderShapes
 from dimse.status import Status, describe
 
 if TYPE_CHECKING:
