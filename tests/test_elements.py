@@ -280,3 +280,21 @@ def test_shapes_answer_as_the_walk_whatever_changes(
         if at < len(good):
             headers.append(good[:at] + bytes([value]) + good[at + 1 :])
     _scanned_alike(headers, implicit)
+
+
+def test_a_series_whose_values_change_length_is_read_by_its_shape() -> None:
+    """UIDs, numbers, positions and times that change, some in length, from image
+    to image, as in a real series: after a few walks the shape reads them all."""
+    ds = read_dataset(BytesIO(dataset_bytes(TEST_FILES / "CT_small.dcm")), False, True)
+    shapes = HeaderShapes(header_tags(), LAST_HEADER_TAG)
+    for number in range(1, 121):
+        z = -150 + number * 0.625
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{number**5}"
+        ds.InstanceNumber = number
+        ds.SliceLocation = f"{z:g}"
+        ds.ImagePositionPatient = ["-175.5", f"{-174 + number / 7:.5g}", f"{z:g}"]
+        ds.AcquisitionTime = f"072700.{number * 37}"
+        data = _encoded(ds, implicit=False)
+        expected = scan_text(data, 0, False, header_tags(), LAST_HEADER_TAG)
+        assert shapes.scan("ct", data, False, complete=False) == expected
+    assert shapes.walked <= 6, shapes.walked

@@ -207,6 +207,7 @@ class HeaderShapes:
         self.last_tag = last_tag
         self.capacity = capacity
         self._layouts: dict[Hashable, _Layout] = {}
+        self.walked = 0  # headers walked element by element: those no shape fitted
 
     def scan(
         self, key: Hashable, buf: bytes, implicit: bool, complete: bool
@@ -218,6 +219,7 @@ class HeaderShapes:
             values = layout.shape.match(buf)
             if values is not None:
                 return values
+        self.walked += 1
         elements: list[Element] = []
         values = scan_text(buf, 0, implicit, self.wanted, self.last_tag, complete, elements)
         if values is not None:
