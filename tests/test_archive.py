@@ -1008,6 +1008,59 @@ def test_data_sets_held_in_memory_stay_within_the_server_wide_cap(
         assert dataset_bytes(stored[open_dicom_file(path).sop_instance_uid]) == dataset_bytes(path)
 
 
+def test_a_filing_round_holds_at_most_max_round_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many C-STOREs waiting at once are filed in several rounds: each round's files
+    are open together, and the process may open only so many."""
+    monkeypatch.setattr(storage, "MAX_ROUND", 4)
+    provider = storage.StorageProvider(tmp_path / "archive")
+    file_batch = provider._file_batch
+    rounds: list[int] = []
+
+    def counted(sinks: list[storage.FileSink]) -> list[storage.Filed]:
+        rounds.append(len(sinks))
+        time.sleep(0.05)  # a slow disk: the next ones pile up meanwhile
+        return file_batch(sinks)
+
+    monkeypatch.setattr(provider, "_file_batch", counted)
+    files = [make_instance(tmp_path / "in" / f"{n}.dcm", number=n + 1) for n in range(24)]
+
+    async def scenario() -> list[StoreResult]:
+        async with dimse.Server(provider, "127.0.0.1", 0) as server:
+            client = dimse.Client("127.0.0.1", server.port, called_ae="DIMSE")
+            for path in files:
+                client.add_request(path)
+            return await client.send()
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        provider.close()
+    assert [r.kind for r in results] == [Kind.SUCCESS] * len(files)
+    assert sum(rounds) == len(files) and max(rounds) == 4, rounds
+    assert len(stored_files(tmp_path / "archive")) == len(files)
+
+
+def test_serve_raises_its_open_files_limit_to_the_hard_limit(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """A login shell's soft limit (often 1024) is below what many associations' filing
+    rounds and sockets can need; a server raises it as far as it may."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip(f"no room to raise the open files limit (hard limit {hard})")
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    archive = serve(processes, tmp_path / "archive", preexec_fn=low_soft_limit)
+    limits = Path(f"/proc/{archive.process.pid}/limits").read_text()
+    line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert line.split()[3:5] == [str(hard), str(hard)], line
+    assert archive.stop() == 0
+
+
 def test_an_abort_with_stores_in_flight_gives_back_what_they_held(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -539,6 +539,18 @@ def _syntaxes(args: argparse.Namespace) -> dict[str, frozenset[str]]:
     return syntaxes
 
 
+def _raise_open_files_limit() -> None:
+    """The soft limit on open files up to the hard one, as servers do: a filing round
+    holds its files open (up to MAX_ROUND), each association a socket, and a login
+    shell's soft limit is often 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:  # up to the hard limit: always allowed
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.debug("open files limit raised from %d to %d", soft, hard)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     import sqlite3
 
@@ -547,6 +559,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from dimse.storage import StorageProvider
 
     port = args.port or args.port_option or 11112
+    _raise_open_files_limit()
     runner = CommandRunner()
     try:
         provider = StorageProvider(

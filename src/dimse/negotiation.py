@@ -43,9 +43,11 @@ DEFAULT_MAX_PDU = 1 << 20  # what we offer to receive; dcmtk's default is 16 KiB
 #: Outstanding operations an SCP lets a requestor invoke (PS3.7 §D.3.3.3). C-STOREs
 #: in flight let the archive file them in larger rounds: on the benchmark's 40 KB
 #: images, 8 -> 16 -> 32 gave ~300 -> ~440 -> ~620 images/s; once the rounds' own
-#: costs shrank, 32 -> 64 gave +23% (--sync file) and +30% (filesystem), 128 no
-#: clear gain more (medians of 5 interleaved runs).
-MAX_ASYNC_OPS = 64
+#: costs shrank, 32 -> 64 gave +23% (--sync file) and +30% (filesystem). 64 -> 128
+#: gave no clear gain then; once the event loop's header scan shrank (dimse.shapes),
+#: it gave 4-16% less wall time with --sync file in six interleaved A/B series of
+#: 8-12 runs (rounds of ~50 images instead of ~30), ~2% with --sync filesystem.
+MAX_ASYNC_OPS = 128
 MAX_CONTEXTS = 128  # odd IDs 1..255 (PS3.8 §9.3.2.2)
 
 

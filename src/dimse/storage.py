@@ -86,6 +86,10 @@ Filed = tuple[Outcome, Instance | None]  # a filing round's answer for one sink
 #: Temporary files of a filing round fsynced at once: concurrent fsyncs share the
 #: file system's journal commits (measured here: 1750 -> 2400 files/s for 40 KB).
 SYNC_THREADS = 4
+#: Files in one filing round at most: each is open from its creation to the end of
+#: the round, and many associations' windows (128 each) could otherwise open more
+#: files at once than the process may.
+MAX_ROUND = 256
 StoredHook = Callable[[StoredInstance], Awaitable[None]]
 StudyHook = Callable[[str, Path, Peer], Awaitable[None]]
 
@@ -463,7 +467,7 @@ class StorageProvider(ServiceProvider):
         the Python work of an instance.
         """
         while self._waiting:
-            batch, self._waiting = self._waiting, []
+            batch, self._waiting = self._waiting[:MAX_ROUND], self._waiting[MAX_ROUND:]
             try:
                 results = await self._run(self._file_batch, [sink for sink, _ in batch])
             except Exception as error:  # every waiter is answered, whatever went wrong
