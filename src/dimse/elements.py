@@ -210,7 +210,7 @@ def scan_text(
                 return None
             values[name] = text
         at = end
-    else:
+    else:  # the buffer ended before an element past last_tag
         return values if complete and at == size else None
     if elements is not None:
         elements.append((tag, start, 0, 0))

@@ -187,7 +187,8 @@ def find_files(paths: Iterable[str | Path], recurse: bool = False) -> list[Path]
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            found += [path / name for name in sorted(_files_in(str(path), recurse), key=_parts)]
+            names = sorted(_files_in(str(path), recurse), key=_parts)
+            found += [path / relative for relative in names]
         elif path.is_file():
             found.append(path)
         elif any(c in str(name) for c in "*?["):
