@@ -140,9 +140,10 @@ def scan_header(
     deflated, implicit, little_endian = encoding(transfer_syntax)
     if deflated or not little_endian:
         return None
+    complete = len(head) >= size
     if shapes is not None:
-        return shapes.scan(source, head, implicit, len(head) >= size)
-    return scan_text(head, 0, implicit, header_tags(), LAST_HEADER_TAG, len(head) >= size)
+        return shapes.scan(source, head, implicit, complete)
+    return scan_text(head, 0, implicit, header_tags(), LAST_HEADER_TAG, complete)
 
 
 def read_header(
