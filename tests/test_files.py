@@ -17,7 +17,13 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 
 from conftest import SAMPLE_FILES, TEST_FILES
-from dimse.files import PREAMBLE, NotDicomError, file_meta_bytes, open_dicom_file
+from dimse.files import (
+    PREAMBLE,
+    FileScanner,
+    NotDicomError,
+    file_meta_bytes,
+    open_dicom_file,
+)
 from dimse.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 uids = st.lists(st.integers(0, 99999), min_size=2, max_size=12).map(
@@ -113,6 +119,44 @@ def test_fast_meta_scan_agrees_with_pydicom_on_every_bundled_file() -> None:
         assert found == _pydicom_view(path), path.name
         compared += 1
     assert compared > 100
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")
+def test_one_scanner_agrees_with_pydicom_on_every_bundled_file_in_turn() -> None:
+    """Layouts learnt from one file are tried on the next, of another layout."""
+    scanner = FileScanner()
+    paths = [path for path in sorted(TEST_FILES.rglob("*")) if path.is_file()]
+    for path in [path for path in paths for _ in range(3)]:
+        try:
+            file = scanner.open(path)
+            found: tuple[str, str, str, int] | None = (
+                file.sop_class_uid,
+                file.sop_instance_uid,
+                file.transfer_syntax,
+                file.dataset_offset,
+            )
+        except NotDicomError:
+            found = None
+        assert found == _pydicom_view(path), path.name
+
+
+def test_a_series_is_read_by_its_layout(tmp_path: Path) -> None:
+    """UIDs of changing length, and a file whose meta names another instance than
+    its data set (as rtplan.dcm does) after the layout is learnt."""
+    ds = dcmread(TEST_FILES / "CT_small.dcm")
+    scanner = FileScanner()
+    for number in range(1, 41):
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{number**5}"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if number == 30:
+            ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{number**5 + 1}"
+        path = tmp_path / f"IM{number}"
+        ds.save_as(path, enforce_file_format=True)
+        file = scanner.open(path)
+        assert file == open_dicom_file(path)
+        assert file.sop_instance_uid == ds.SOPInstanceUID
+        assert file.dataset_offset == _pydicom_view(path)[3]
+    assert scanner._meta.walked + scanner._sop.walked <= 10
 
 
 def test_the_data_set_names_the_instance_when_the_file_meta_disagrees() -> None:

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from dimse.elements import encoding, scan_text
+from dimse.elements import encoding
 from dimse.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dimse.shapes import HeaderShapes
 
 PREAMBLE = bytes(128) + b"DICM"
 
@@ -45,64 +46,79 @@ class DicomFile:
 _META_TAGS = {0x00020002: "class", 0x00020003: "instance", 0x00020010: "syntax"}
 _LAST_META_TAG = 0x0002FFFF
 _META_READ = 4096
-
-
-def _scan_file_meta(head: bytes) -> tuple[list[str], int] | None:
-    """SOP class, SOP instance, transfer syntax and the data set offset from a file's
-    first bytes, or None when anything is unusual (pydicom then reads the file).
-
-    The file meta group is always Explicit VR Little Endian (PS3.10 §7.1); this
-    is the sender's per-file path, where pydicom's reader cost ~0.4 ms a file.
-    """
-    if head[128:132] != b"DICM":
-        return None
-    elements: list[tuple[int, int, int, int]] = []
-    values = scan_text(head, 132, False, _META_TAGS, _LAST_META_TAG, elements=elements)
-    if values is None or len(values) < 3 or not all(values.values()):
-        return None
-    return [values["class"], values["instance"], values["syntax"]], elements[-1][1]
-
-
 #: (0008,0016) SOP Class UID, (0008,0018) SOP Instance UID: the data set's own.
 _SOP_TAGS = {0x00080016: "class", 0x00080018: "instance"}
 
 
-def _dataset_sop(head: bytes, offset: int, syntax: str) -> tuple[str, str] | None:
-    """The SOP Class and Instance UIDs at the start of the data set, when readable.
+class FileScanner:
+    """open_dicom_file() for many files, most of them laid out alike (a series).
 
-    A file's meta may disagree with its data set (pydicom's rtplan.dcm does); the
-    C-STORE must name the data set's instance (PS3.4 §B.2.3, A900 otherwise),
-    as dcmtk's storescu does. Only uncompressed big endian and deflated data
-    sets, rare, keep the meta's UIDs.
+    The sender reads every file's meta before it proposes contexts, so this runs
+    before the first byte is sent. A file's meta and first data set elements are
+    read by the layout of the files before it (dimse.shapes): ~16 µs a file
+    instead of ~34. For one thread.
     """
-    try:
-        deflated, implicit, little_endian = encoding(syntax)
-    except ValueError:  # not a transfer syntax pydicom knows: the meta's UIDs stand
-        return None
-    if deflated or not little_endian:
-        return None
-    values = scan_text(head, offset, implicit, _SOP_TAGS, 0x00080018)
-    if values is None or not values.get("class") or not values.get("instance"):
-        return None
-    return values["class"], values["instance"]
+
+    def __init__(self) -> None:
+        self._meta = HeaderShapes(_META_TAGS, _LAST_META_TAG)
+        self._sop = HeaderShapes(_SOP_TAGS, max(_SOP_TAGS))
+
+    def open(self, path: str | os.PathLike[str]) -> DicomFile:
+        """Read only the preamble and file meta of `path` (PS3.10 §7.1)."""
+        path = Path(path)
+        fd = os.open(path, os.O_RDONLY)  # no file object: ~1000 of them a second
+        try:
+            size = os.fstat(fd).st_size
+            head = os.read(fd, _META_READ)
+        finally:
+            os.close(fd)
+        scanned = self._scan_file_meta(head)
+        if scanned is None:
+            with path.open("rb") as fp:
+                scanned = _read_file_meta(fp)
+        (sop_class, sop_instance, syntax), offset = scanned
+        sop = self._dataset_sop(head, offset, syntax)
+        sop_class, sop_instance = sop or (sop_class, sop_instance)
+        return DicomFile(path, sop_class, sop_instance, syntax, offset, size)
+
+    def _scan_file_meta(self, head: bytes) -> tuple[list[str], int] | None:
+        """SOP class, SOP instance, transfer syntax and the data set offset from a
+        file's first bytes, or None when anything is unusual (pydicom then reads
+        the file). The file meta group is always Explicit VR Little Endian
+        (PS3.10 §7.1); pydicom's reader cost ~0.4 ms a file."""
+        if head[128:132] != b"DICM":
+            return None
+        scanned = self._meta.scan(None, head[132:], False, False)
+        if scanned is None:
+            return None
+        values, end = scanned
+        if len(values) < 3 or not all(values.values()):
+            return None
+        return [values["class"], values["instance"], values["syntax"]], 132 + end
+
+    def _dataset_sop(self, head: bytes, offset: int, syntax: str) -> tuple[str, str] | None:
+        """The SOP Class and Instance UIDs at the start of the data set, when readable.
+
+        A file's meta may disagree with its data set (pydicom's rtplan.dcm does); the
+        C-STORE must name the data set's instance (PS3.4 §B.2.3, A900 otherwise),
+        as dcmtk's storescu does. Only uncompressed big endian and deflated data
+        sets, rare, keep the meta's UIDs.
+        """
+        try:
+            deflated, implicit, little_endian = encoding(syntax)
+        except ValueError:  # not a transfer syntax pydicom knows: the meta's UIDs stand
+            return None
+        if deflated or not little_endian:
+            return None
+        scanned = self._sop.scan(syntax, head[offset:], implicit, False)
+        if scanned is None or not scanned[0].get("class") or not scanned[0].get("instance"):
+            return None
+        return scanned[0]["class"], scanned[0]["instance"]
 
 
 def open_dicom_file(path: str | os.PathLike[str]) -> DicomFile:
     """Read only the preamble and file meta of `path` (PS3.10 §7.1)."""
-    path = Path(path)
-    fd = os.open(path, os.O_RDONLY)  # no file object: ~1000 of them a second
-    try:
-        size = os.fstat(fd).st_size
-        head = os.read(fd, _META_READ)
-        scanned = _scan_file_meta(head)
-        if scanned is None:
-            with path.open("rb") as fp:
-                scanned = _read_file_meta(fp)
-    finally:
-        os.close(fd)
-    (sop_class, sop_instance, syntax), offset = scanned
-    sop_class, sop_instance = _dataset_sop(head, offset, syntax) or (sop_class, sop_instance)
-    return DicomFile(path, sop_class, sop_instance, syntax, offset, size)
+    return FileScanner().open(path)
 
 
 def _read_file_meta(fp: BinaryIO) -> tuple[list[str], int]:

@@ -33,7 +33,7 @@ from dimse.client import (
     contexts_for,
     is_dataset,
 )
-from dimse.files import DicomFile, NotDicomError, open_dicom_file
+from dimse.files import DicomFile, FileScanner, NotDicomError
 from dimse.negotiation import DEFAULT_MAX_PDU, MAX_ASYNC_OPS, MAX_CONTEXTS, ProposedContext
 from dimse.pdu import UserIdentityRQ
 from dimse.sop_classes import (
@@ -254,9 +254,10 @@ class Client:
             added = [CStoreRequest(source, callback)]
         else:
             added = []
+            scanner = FileScanner()
             for path in find_files([source], recurse):
                 try:
-                    added.append(CStoreRequest(open_dicom_file(path), callback))
+                    added.append(CStoreRequest(scanner.open(path), callback))
                 except NotDicomError as error:
                     result = StoreResult(str(path), "", Kind.SKIPPED, f"skipped: {error}")
                     self._report(result, callback)

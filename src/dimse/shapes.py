@@ -62,8 +62,9 @@ class Shape:
     steps: tuple[_Run | _Anchor, ...]
     stop: bytes
 
-    def match(self, buf: bytes) -> dict[str, str] | None:
-        """scan_text()'s answer for `buf`, or None unless `buf` has this shape.
+    def match(self, buf: bytes) -> tuple[dict[str, str], int] | None:
+        """scan_text()'s answer for `buf` and the offset of the element past the
+        last tag wanted, or None unless `buf` has this shape.
 
         With each run's compared spans equal (element headers included) and each
         anchor's tag and VR equal, a walk of `buf` would pass the same elements
@@ -104,7 +105,7 @@ class Shape:
             at += length
         if at + 8 > len(buf) or not buf.startswith(self.stop, at):
             return None
-        return values
+        return values, at
 
 
 def _plain_texts(raws: Sequence[bytes]) -> list[str] | None:
@@ -211,20 +212,25 @@ class HeaderShapes:
 
     def scan(
         self, key: Hashable, buf: bytes, implicit: bool, complete: bool
-    ) -> dict[str, str] | None:
+    ) -> tuple[dict[str, str], int] | None:
         """scan_text(buf, 0, implicit, wanted, last_tag, complete) for a header from
-        the source `key` names (one key, one layout, most of the time)."""
+        the source `key` names (one key, one layout, most of the time), and where
+        the element past the last tag wanted starts (the end of a `complete` buf
+        that holds none)."""
         layout = self._layouts.get(key)
         if layout is not None and layout.shape is not None:
-            values = layout.shape.match(buf)
-            if values is not None:
-                return values
+            matched = layout.shape.match(buf)
+            if matched is not None:
+                return matched
         self.walked += 1
         elements: list[Element] = []
         values = scan_text(buf, 0, implicit, self.wanted, self.last_tag, complete, elements)
-        if values is not None:
+        if values is None:
+            return None
+        if elements and elements[-1][2:] == (0, 0):
             self._learn(key, layout, buf, implicit, elements)
-        return values
+            return values, elements[-1][1]
+        return values, len(buf)  # complete: the data set ended before the last tag
 
     def _learn(
         self,

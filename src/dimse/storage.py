@@ -142,7 +142,8 @@ def scan_header(
         return None
     complete = len(head) >= size
     if shapes is not None:
-        return shapes.scan(source, head, implicit, complete)
+        scanned = shapes.scan(source, head, implicit, complete)
+        return None if scanned is None else scanned[0]
     return scan_text(head, 0, implicit, header_tags(), LAST_HEADER_TAG, complete)
 
 
