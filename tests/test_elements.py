@@ -25,9 +25,10 @@ from conftest import TEST_FILES, dataset_bytes
 from dimse.elements import Unscannable, encoding, scan_text, walk
 from dimse.files import NotDicomError, open_dicom_file
 from dimse.index import Instance, header_tags
+from dimse.server import Peer
 from dimse.shapes import HeaderShapes, learn_shape
 from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES, VERIFICATION
-from dimse.storage import HEAD_SIZE, LAST_HEADER_TAG, read_header
+from dimse.storage import HEAD_SIZE, LAST_HEADER_TAG, layout_source, read_header
 
 
 def _instance(header: Dataset | dict[str, str], syntax: str) -> Instance:
@@ -307,3 +308,19 @@ def test_a_series_whose_values_change_length_is_read_by_its_shape() -> None:
         data = _encoded(ds, implicit=False)
         assert shapes.scan("ct", data, False, complete=False) == _walked(data, False, False)
     assert shapes.walked <= 6, shapes.walked
+
+
+def test_a_layout_is_a_devices_own_whatever_its_port_or_ae_title() -> None:
+    """Two devices under one AE title do not share a layout (each would spoil the
+    other's); one device's associations, each from its own port, do."""
+
+    def source(
+        address: str, ae: str = "CT_SCANNER", syntax: str = ExplicitVRLittleEndian
+    ) -> tuple[str, ...]:
+        return layout_source(Peer(address, ae, "DIMSE"), "1.2.840.10008.5.1.4.1.1.2", syntax)
+
+    assert source("10.0.0.5:40001") == source("10.0.0.5:40002")
+    assert source("10.0.0.5:40001") != source("10.0.0.6:40001")
+    assert source("::1:40001") == source("::1:50000") != source("::2:40001")
+    assert source("10.0.0.5:40001") != source("10.0.0.5:40001", ae="MR_SCANNER")
+    assert source("10.0.0.5:1") != source("10.0.0.5:1", syntax=ImplicitVRLittleEndian)

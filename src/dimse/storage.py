@@ -180,6 +180,13 @@ def read_header(
     return dcmread(path, stop_before_pixels=True)
 
 
+def layout_source(peer: Peer, sop_class: str, syntax: str) -> tuple[str, str, str, str]:
+    """Whose headers share a layout (dimse.shapes): one device's images of one kind.
+    The host, not the port (each association has its own), and the calling AE,
+    which two devices may share (many keep their vendor's default)."""
+    return (peer.address.rpartition(":")[0], peer.calling_ae, sop_class, syntax)
+
+
 class FileSink:
     """Receives one data set into a temporary file; complete() files it durably.
 
@@ -252,10 +259,14 @@ class FileSink:
             # Scanned on that thread, it waited on the GIL for the event loop and the
             # sync threads (+15% images/s with --sync file, medians of 6).
             request = self.request
-            syntax = request.transfer_syntax
-            source = (request.peer.calling_ae, request.message.affected_sop_class_uid, syntax)
             header = scan_header(
-                self._held_data_set(), self.size, syntax, self.archive.shapes, source
+                self._held_data_set(),
+                self.size,
+                request.transfer_syntax,
+                self.archive.shapes,
+                layout_source(
+                    request.peer, request.message.affected_sop_class_uid, request.transfer_syntax
+                ),
             )
             if header is not None:
                 self._checked = self._instance(header)
@@ -409,7 +420,7 @@ class StorageProvider(ServiceProvider):
 
     @cached_property
     def shapes(self) -> HeaderShapes:
-        """The header layouts of each source (calling AE, SOP class, transfer syntax)."""
+        """The header layouts of each source (layout_source())."""
         return HeaderShapes(header_tags(), LAST_HEADER_TAG)
 
     def _clean_temp(self) -> None:
