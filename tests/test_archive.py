@@ -888,7 +888,9 @@ def test_sigterm_lets_the_association_finish(processes: Processes, tmp_path: Pat
 # --- 11. index maintenance -------------------------------------------------------------------
 
 
-def test_index_rebuild_and_check(processes: Processes, tmp_path: Path) -> None:
+def test_index_rebuild_and_check(
+    processes: Processes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     sources = make_study(tmp_path / "in", sop_class=MR, series=2, per_series=3, patient="IDX")
     archive = serve(processes, tmp_path / "archive", "-q")
     root = archive.root
@@ -916,6 +918,23 @@ def test_index_rebuild_and_check(processes: Processes, tmp_path: Path) -> None:
     assert after.returncode == 1
     assert f"indexed but missing: {gone.relative_to(root)}" in after.stdout
     assert "INCONSISTENT" in after.stdout
+
+    # A damaged index: one line and the way out, then a rebuild that sets it aside.
+    (root / INDEX_FILE).write_bytes(b"not a database, whatever it was" * 100)
+    for command in (("ls",), ("index", "check")):
+        failed = dimse_cli(*command, "-od", root)
+        assert failed.returncode == 2, failed.stdout + failed.stderr
+        assert failed.stderr.strip().splitlines() == [
+            f"dimse {' '.join(command)}: cannot read {root / INDEX_FILE}: file is not a "
+            "database (dimse index rebuild recreates it)"
+        ]
+    repaired = dimse_cli("index", "rebuild", "-od", root)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "indexed 5 instance(s)" in repaired.stdout
+    assert "could not be read (file is not a database)" in caplog.text
+    assert (root / f"{INDEX_FILE}.damaged").read_bytes().startswith(b"not a database")
+    assert dimse_cli("index", "check", "-od", root).returncode == 0
+    assert "1 study" in dimse_cli("ls", "-od", root).stdout
 
 
 # --- 12. SIGKILL at random points, repeatedly -------------------------------------------

@@ -699,17 +699,38 @@ def _archive_root(args: argparse.Namespace, *, with_index: bool = True) -> Path:
     return root
 
 
+@contextlib.contextmanager
+def _reading_index(args: argparse.Namespace, root: Path) -> Iterator[None]:
+    """A damaged or unreadable index: one line, and what repairs it."""
+    import sqlite3
+
+    from dimse.storage import INDEX_FILE
+
+    try:
+        yield
+    except sqlite3.Error as error:
+        command = f"dimse {args.command}" + (f" {args.action}" if args.command == "index" else "")
+        damaged = isinstance(error, sqlite3.DatabaseError) and not isinstance(
+            error,
+            sqlite3.OperationalError,  # locked, I/O: not the file's content
+        )
+        hint = " (dimse index rebuild recreates it)" if damaged and "rebuild" not in command else ""
+        raise UsageError(f"{command}: cannot read {root / INDEX_FILE}: {error}{hint}") from None
+
+
 async def _index(args: argparse.Namespace) -> int:
     from dimse.storage import check_index, rebuild_index
 
     root = _archive_root(args, with_index=args.action == "check")
     if args.action == "rebuild":
-        count, unreadable = await asyncio.to_thread(rebuild_index, root)
+        with _reading_index(args, root):
+            count, unreadable = await asyncio.to_thread(rebuild_index, root)
         for line in unreadable:
             print(f"unreadable: {line}", file=sys.stderr)
         print(f"indexed {count} instance(s) from {root}")
         return EXIT_FAILED if unreadable else EXIT_OK
-    report = await asyncio.to_thread(check_index, root)
+    with _reading_index(args, root):
+        report = await asyncio.to_thread(check_index, root)
     for label, paths in (
         ("indexed but missing", report.missing_files),
         ("size differs from index", report.wrong_size),
@@ -726,11 +747,13 @@ async def _ls(args: argparse.Namespace) -> int:
     from dimse.index import Index
     from dimse.storage import INDEX_FILE
 
-    index = Index(_archive_root(args) / INDEX_FILE)
-    try:
-        studies = index.studies()
-    finally:
-        index.close()
+    root = _archive_root(args)
+    with _reading_index(args, root):
+        index = Index(root / INDEX_FILE)
+        try:
+            studies = index.studies()
+        finally:
+            index.close()
     header = ("PATIENT ID", "PATIENT NAME", "DATE", "MODALITY", "SERIES", "IMAGES", "MB")
     rows = [
         (

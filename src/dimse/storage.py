@@ -675,10 +675,35 @@ def rebuild_index(root: Path) -> tuple[int, list[str]]:
             instances.append(read_instance(root, path))
         except (OSError, InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as error:
             unreadable.append(f"{path.relative_to(root)}: {error}")
-    index = Index(root / INDEX_FILE)
+    path = root / INDEX_FILE
     try:
-        index.clear()
+        index = _emptied(path)
+    except sqlite3.DatabaseError as error:
+        if isinstance(error, sqlite3.OperationalError):  # locked, I/O: not its content
+            raise
+        _move_aside(path, error)
+        index = Index(path)
+    try:
         index.add_many(instances)
     finally:
         index.close()
     return len(instances), unreadable
+
+
+def _emptied(path: Path) -> Index:
+    index = Index(path)
+    try:
+        index.clear()
+    except BaseException:
+        index.close()
+        raise
+    return index
+
+
+def _move_aside(path: Path, error: sqlite3.DatabaseError) -> None:
+    """Keep a damaged index (and its WAL) for a look, out of the new one's way."""
+    for suffix in ("", "-wal", "-shm"):
+        damaged = path.with_name(path.name + suffix)
+        if damaged.exists():
+            os.replace(damaged, path.with_name(f"{path.name}.damaged{suffix}"))
+    log.warning("the index %s could not be read (%s): moved to %s.damaged", path, error, path.name)
