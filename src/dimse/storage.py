@@ -666,7 +666,8 @@ def check_index(root: Path) -> IndexReport:
 
 
 def rebuild_index(root: Path) -> tuple[int, list[str]]:
-    """Recreate the index from the files; returns the count and the unreadable files."""
+    """Recreate the index from the files; returns the count and the unreadable files.
+    An index too damaged to read is set aside (kept for a look), not repaired."""
     from pydicom.errors import InvalidDicomError
 
     instances, unreadable = [], []
