@@ -194,10 +194,14 @@ class Index:
     def __init__(self, path: str | Path, *, durable: bool = True) -> None:
         self.path = Path(path)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit survives power loss, as the Success it precedes promises.
-        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit survives power loss, as the Success it precedes promises.
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error:  # not an index we can use (damaged, unreadable)
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
