@@ -926,8 +926,14 @@ def test_index_rebuild_and_check(
         assert failed.returncode == 2, failed.stdout + failed.stderr
         assert failed.stderr.strip().splitlines() == [
             f"dimse {' '.join(command)}: cannot read {root / INDEX_FILE}: file is not a "
-            "database (dimse index rebuild recreates it)"
+            "database (dimse index rebuild recreates the index)"
         ]
+    refused = run(dimse_command("serve", str(free_port()), "-od", root, "--bind", HOST), timeout=60)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"dimse serve: cannot open {root}: file is not a database "
+        "(dimse index rebuild recreates the index)"
+    ]
     repaired = dimse_cli("index", "rebuild", "-od", root)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert "indexed 5 instance(s)" in repaired.stdout

@@ -576,7 +576,9 @@ async def _serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(f"dimse serve: --sync {args.sync}: {error}") from None
     except (OSError, sqlite3.Error) as error:
-        raise UsageError(f"dimse serve: cannot open {args.output_directory}: {error}") from None
+        raise UsageError(
+            f"dimse serve: cannot open {args.output_directory}: {error}{_rebuild_hint(error)}"
+        ) from None
     options = ServerOptions(
         ae_title=args.ae_title,
         syntaxes=_syntaxes(args),
@@ -710,12 +712,18 @@ def _reading_index(args: argparse.Namespace, root: Path) -> Iterator[None]:
         yield
     except sqlite3.Error as error:
         command = f"dimse {args.command}" + (f" {args.action}" if args.command == "index" else "")
-        damaged = isinstance(error, sqlite3.DatabaseError) and not isinstance(
-            error,
-            sqlite3.OperationalError,  # locked, I/O: not the file's content
-        )
-        hint = " (dimse index rebuild recreates it)" if damaged and "rebuild" not in command else ""
+        hint = "" if "rebuild" in command else _rebuild_hint(error)
         raise UsageError(f"{command}: cannot read {root / INDEX_FILE}: {error}{hint}") from None
+
+
+def _rebuild_hint(error: Exception) -> str:
+    """For an index whose content is damaged (not locked, not an I/O error)."""
+    import sqlite3
+
+    damaged = isinstance(error, sqlite3.DatabaseError) and not isinstance(
+        error, sqlite3.OperationalError
+    )
+    return " (dimse index rebuild recreates the index)" if damaged else ""
 
 
 async def _index(args: argparse.Namespace) -> int:
