@@ -80,6 +80,17 @@ def test_allow_rules_match_ipv4_on_a_dual_stack_socket() -> None:
     assert not rule.admits("CT1", "10.0.0.1:40000")
     assert not rule.admits("CT2", "127.0.0.1:40000")
     assert AllowRule.parse("CT1").admits("CT1", "::1:5000")
+    # Written as IPv4-mapped IPv6, the rule still matches what admits() compares.
+    assert AllowRule.parse("CT1@::ffff:10.0.0.1").admits("CT1", "::ffff:10.0.0.1:40000")
+    assert AllowRule.parse("CT1@2001:DB8::1").admits("CT1", "2001:db8::1:40000")
+
+
+@pytest.mark.parametrize("text", ["CT1@ct-scanner.example", "CT1@10.0.0.300", "@10.0.0.1", ""])
+def test_allow_rules_name_an_ae_title_and_an_ip_address(text: str) -> None:
+    """A host name or a typo would never equal a peer's address: that AE title would
+    be refused from everywhere, silently."""
+    with pytest.raises(ValueError):
+        AllowRule.parse(text)
 
 
 def test_syncfs_reports_its_errors(tmp_path: Path) -> None:

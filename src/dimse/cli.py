@@ -35,6 +35,7 @@ from dimse.transport import DEFAULT_MAX_BUFFERED, Timeouts
 # the commands that use them: `dimse store` and `dimse echo` start ~20 ms sooner.
 if TYPE_CHECKING:
     from dimse.identity import UsersFile
+    from dimse.server import AllowRule
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_ASSOCIATION = 0, 1, 2, 3
 
@@ -54,6 +55,15 @@ def _ae_title(value: str) -> str:
     if not 0 < len(value.strip()) <= 16 or not value.isascii() or "\\" in value:
         raise argparse.ArgumentTypeError(f"not an AE title (1-16 ASCII characters): {value!r}")
     return value
+
+
+def _allow_rule(value: str) -> AllowRule:
+    from dimse.server import AllowRule
+
+    try:
+        return AllowRule.parse(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _port(value: str) -> int:
@@ -281,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--allow",
         action="append",
+        type=_allow_rule,
         metavar="AET[@ADDRESS]",
         help="accept only these calling AE titles, optionally from one address (repeatable)",
     )
@@ -555,7 +566,7 @@ async def _serve(args: argparse.Namespace) -> int:
     import sqlite3
 
     from dimse.hooks import CommandRunner, on_reception, on_study
-    from dimse.server import AllowRule, Server, ServerOptions
+    from dimse.server import Server, ServerOptions
     from dimse.storage import StorageProvider
 
     port = args.port or args.port_option or 11112
@@ -583,7 +594,7 @@ async def _serve(args: argparse.Namespace) -> int:
         ae_title=args.ae_title,
         syntaxes=_syntaxes(args),
         check_called_ae=not args.no_called_ae_check,
-        allow=None if args.allow is None else tuple(AllowRule.parse(a) for a in args.allow),
+        allow=None if args.allow is None else tuple(args.allow),
         max_pdu=args.max_pdu,
         max_associations=args.max_associations,
         max_associations_per_ae=args.max_associations_per_ae,

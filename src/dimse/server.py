@@ -10,6 +10,7 @@ logged and never reaches another.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 import time
@@ -140,9 +141,20 @@ class AllowRule:
 
     @classmethod
     def parse(cls, text: str) -> AllowRule:
-        """'AET' or 'AET@address'."""
-        ae_title, _, address = text.partition("@")
-        return cls(ae_title.strip(), address.strip() or None)
+        """'AET' or 'AET@address', the address an IP address: it is compared with the
+        peer's, so a host name or a typo would refuse that AE title from everywhere."""
+        ae_title, at, address = text.partition("@")
+        if not 0 < len(ae_title.strip()) <= 16:
+            raise ValueError(f"not an AE title (1-16 characters): {ae_title!r}")
+        if not at:
+            return cls(ae_title.strip())
+        try:
+            ip = ipaddress.ip_address(address.strip())
+        except ValueError:
+            raise ValueError(f"not an IP address: {address!r}") from None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # admits() compares IPv4 peers on a dual stack so
+        return cls(ae_title.strip(), str(ip))
 
     def admits(self, ae_title: str, address: str) -> bool:
         host = address.rsplit(":", 1)[0].removeprefix("::ffff:")  # IPv4 on a dual stack
