@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import random
 import re
 import resource
@@ -697,6 +698,68 @@ def test_disk_full_fails_the_store_and_the_server_keeps_serving(
     assert statuses(result.stdout) == {"small.dcm": "0000"}
     assert archive_files(root) == [study_path(root, small)]
     assert set(indexed(root)) == {header(small).sop}
+
+
+FAILING_FS = Path(__file__).with_name("failing_fs.py")
+
+
+def _require_fuse() -> None:
+    """FUSE, for a file system whose fsync fails; missing, it skips, except in CI."""
+    problem = None
+    if not Path("/dev/fuse").exists():
+        problem = "no /dev/fuse"
+    else:
+        try:
+            import fuse  # noqa: F401  (fusepy, which loads libfuse2)
+        except (ImportError, OSError) as error:
+            problem = f"fusepy or libfuse2 missing ({error})"
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{problem}: required in CI (scripts/install-test-deps)")
+        pytest.skip(problem)
+
+
+def test_a_failed_fsync_fails_that_instance_alone(processes: Processes, tmp_path: Path) -> None:
+    """A real fsync failure (EIO from the archive's file system, a FUSE pass-through
+    that fails fsync for one file) answers that C-STORE A7xx, in the same round as
+    two that succeed; nothing of it is left, and the server keeps serving."""
+    _require_fuse()
+    backing, mount = tmp_path / "backing", tmp_path / "mnt"
+    backing.mkdir()
+    mount.mkdir()
+    study, series = generate_uid(), generate_uid()
+    names = {"good-1": "GOOD^ONE", "bad": "FSYNCFAILS^X", "good-2": "GOOD^TWO"}
+    files = {
+        name: make_instance(
+            tmp_path / f"{name}.dcm", study_uid=study, series_uid=series, number=n, patient=patient
+        )
+        for n, (name, patient) in enumerate(names.items(), start=1)
+    }
+    fs = processes.start([sys.executable, FAILING_FS, backing, mount, "FSYNCFAILS"])
+    try:
+        assert eventually(lambda: os.path.ismount(mount) or fs.poll() is not None)
+        assert fs.poll() is None, fs.communicate()[0].decode(errors="replace")
+        archive = serve(processes, mount / "archive")
+        root = archive.root
+
+        result = store(archive.port, *files.values())  # one association: one round
+        assert result.returncode == 1, result.stdout + result.stderr
+        answered = statuses(result.stdout)
+        assert answered["bad.dcm"].startswith("A7"), result.stdout  # out of resources
+        assert answered["good-1.dcm"] == answered["good-2.dcm"] == "0000", result.stdout
+        good = [files["good-1"], files["good-2"]]
+        assert sorted(archive_files(root)) == sorted(study_path(root, f) for f in good)
+        assert list((root / TEMP_DIR).iterdir()) == []
+        assert set(indexed(root)) == {header(f).sop for f in good}
+
+        again = make_instance(tmp_path / "again.dcm", study_uid=study, series_uid=series)
+        result = store(archive.port, again)  # a new association
+        assert statuses(result.stdout) == {"again.dcm": "0000"}, result.stdout
+        assert archive.stop() == 0
+        assert check_index(root).consistent
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True, check=False)
+        fs.wait(10)
 
 
 # --- 8. commands run on reception ------------------------------------------------------------
