@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from dimse import __version__
-from dimse.cli import _uid, build_parser, main
+from dimse.cli import _table, _uid, build_parser, main
 
 BAD_USAGE = [
     [],
@@ -81,3 +81,20 @@ def test_max_buffered_is_given_in_mib() -> None:
     args = build_parser().parse_args(["serve", "--max-buffered", "64"])
     assert args.max_buffered == 64 << 20
     assert build_parser().parse_args(["serve"]).max_buffered == 256 << 20
+
+
+def test_ls_columns_line_up_with_wide_and_combining_characters() -> None:
+    """Patient names in CJK character sets take two terminal cells a character,
+    combining accents none: `dimse ls` pads by cells, not by characters."""
+    rows = [
+        ("PATIENT ID", "PATIENT NAME", "MB"),
+        ("H31", "Yamada^Tarou=山田^太郎", "0.1"),  # 13 + 4 + 1 + 4 = 22 cells
+        ("GERM", "Äneas^Rüdiger", "0.2"),
+        ("CMB", "Jose\u0301", "1.0"),  # José with a combining acute: 4 cells
+    ]
+    assert _table(rows) == [
+        "PATIENT ID  PATIENT NAME" + " " * 10 + "  MB ",
+        "H31" + " " * 7 + "  Yamada^Tarou=山田^太郎  0.1",
+        "GERM" + " " * 6 + "  Äneas^Rüdiger" + " " * 9 + "  0.2",
+        "CMB" + " " * 7 + "  Jose\u0301" + " " * 18 + "  1.0",
+    ]

@@ -786,11 +786,28 @@ async def _ls(args: argparse.Namespace) -> int:
         )
         for s in studies
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    for line in _table([header, *rows]):
+        print(line)
     print(f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'}")
     return EXIT_OK
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Columns aligned on a terminal, where CJK characters take two cells (patient
+    names in Japanese, Korean or Chinese character sets) and combining marks none."""
+    import unicodedata
+
+    def cells(text: str) -> int:
+        return sum(
+            0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+            for c in text
+        )
+
+    def padded(cell: str, width: int) -> str:
+        return cell + " " * (width - cells(cell))
+
+    widths = [max(cells(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(map(padded, row, widths)) for row in rows]
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
