@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -39,12 +40,17 @@ BAD_USAGE = [
 
 @pytest.mark.parametrize("argv", BAD_USAGE, ids=" ".join)
 def test_bad_usage_is_one_line_and_exit_2(
-    argv: list[str], capsys: pytest.CaptureFixture[str]
+    argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # where `dimse serve` would create ./DICOM
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # a usage error creates nothing
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -570,6 +570,23 @@ async def _serve(args: argparse.Namespace) -> int:
     from dimse.storage import StorageProvider
 
     port = args.port or args.port_option or 11112
+    # Every option checked before the archive is opened: a usage error creates nothing.
+    options = ServerOptions(
+        ae_title=args.ae_title,
+        syntaxes=_syntaxes(args),
+        check_called_ae=not args.no_called_ae_check,
+        allow=None if args.allow is None else tuple(args.allow),
+        max_pdu=args.max_pdu,
+        max_associations=args.max_associations,
+        max_associations_per_ae=args.max_associations_per_ae,
+        max_dataset_size=args.max_dataset_size,
+        max_buffered_bytes=args.max_buffered,
+        timeouts=Timeouts(idle=args.idle_timeout),
+        ssl_context=_server_tls(args),
+        identity=_users_file(args),
+        require_identity=args.require_identity,
+        reuse_port=args.workers > 1 or args.worker,
+    )
     _raise_open_files_limit()
     runner = CommandRunner()
     try:
@@ -590,22 +607,6 @@ async def _serve(args: argparse.Namespace) -> int:
         raise UsageError(
             f"dimse serve: cannot open {args.output_directory}: {error}{_rebuild_hint(error)}"
         ) from None
-    options = ServerOptions(
-        ae_title=args.ae_title,
-        syntaxes=_syntaxes(args),
-        check_called_ae=not args.no_called_ae_check,
-        allow=None if args.allow is None else tuple(args.allow),
-        max_pdu=args.max_pdu,
-        max_associations=args.max_associations,
-        max_associations_per_ae=args.max_associations_per_ae,
-        max_dataset_size=args.max_dataset_size,
-        max_buffered_bytes=args.max_buffered,
-        timeouts=Timeouts(idle=args.idle_timeout),
-        ssl_context=_server_tls(args),
-        identity=_users_file(args),
-        require_identity=args.require_identity,
-        reuse_port=args.workers > 1 or args.worker,
-    )
     server = Server(provider, args.bind, port, options)
     try:
         await server.start()
