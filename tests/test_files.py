@@ -14,7 +14,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
+from pydicom.uid import UID, MediaStorageDirectoryStorage
 
 from conftest import SAMPLE_FILES, TEST_FILES
 from dimse.files import (
@@ -25,6 +25,7 @@ from dimse.files import (
     open_dicom_file,
 )
 from dimse.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dimse.sop_classes import MEDIA_STORAGE_DIRECTORY, storage_sop_classes
 
 uids = st.lists(st.integers(0, 99999), min_size=2, max_size=12).map(
     lambda parts: ".".join(map(str, parts))
@@ -91,7 +92,7 @@ def _pydicom_view(path: Path) -> tuple[str, str, str, int] | None:
         return None
     keys = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
     values = [str(meta.get(k, "")) for k in keys]
-    if not all(values):
+    if not all(values) or values[0] == MediaStorageDirectoryStorage:  # a DICOMDIR: not sent
         return None
     if values[2] not in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"):
         # The data set's own UIDs win where they are readable (storescu's choice too).
@@ -157,6 +158,17 @@ def test_a_series_is_read_by_its_layout(tmp_path: Path) -> None:
         assert file.sop_instance_uid == ds.SOPInstanceUID
         assert file.dataset_offset == _pydicom_view(path)[3]
     assert scanner._meta.walked + scanner._sop.walked <= 10
+
+
+def test_a_dicomdir_is_not_an_instance_to_store() -> None:
+    """A file-set's DICOMDIR (PS3.10 §8) is skipped by the sender, and its SOP class,
+    which the registry names "Media Storage Directory Storage", is offered by no
+    storage SCP of ours (it is not in PS3.4 Annex B)."""
+    with pytest.raises(NotDicomError, match="DICOMDIR"):
+        open_dicom_file(TEST_FILES / "dicomdirtests" / "DICOMDIR")
+    assert MediaStorageDirectoryStorage == MEDIA_STORAGE_DIRECTORY
+    assert MEDIA_STORAGE_DIRECTORY not in storage_sop_classes()
+    assert "1.2.840.10008.5.1.4.1.1.2" in storage_sop_classes()  # CT Image Storage
 
 
 def test_the_data_set_names_the_instance_when_the_file_meta_disagrees() -> None:

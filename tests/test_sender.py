@@ -42,12 +42,14 @@ def same_data_set(received: Path, source: Path) -> bool:
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    """The samples in a folder with a sub-folder, plus a file that is not DICOM."""
+    """The samples in a folder with a sub-folder, plus a file that is not DICOM and a
+    DICOMDIR (as on a CD), which is DICOM but no instance to store."""
     root = tmp_path / "exam"
     (root / "more").mkdir(parents=True)
     for n, path in enumerate(SAMPLE_FILES):
         shutil.copy(path, (root / "more" if n % 2 else root) / path.name)
     (root / "notes.txt").write_text("not an image")
+    shutil.copy(TEST_FILES / "dicomdirtests" / "DICOMDIR", root / "DICOMDIR")
     return root
 
 
@@ -59,7 +61,7 @@ def _send(port: int, called_ae: str, folder: Path, **options: object) -> list[St
 
 def _check_all_arrived(results: list[StoreResult], received: dict[str, Path]) -> None:
     by_kind = {kind: [r for r in results if r.kind is kind] for kind in Kind}
-    assert [Path(r.source).name for r in by_kind[Kind.SKIPPED]] == ["notes.txt"]
+    assert [Path(r.source).name for r in by_kind[Kind.SKIPPED]] == ["DICOMDIR", "notes.txt"]
     assert not by_kind[Kind.NOT_SENT] and not by_kind[Kind.FAILURE]
     assert len(by_kind[Kind.SUCCESS]) == len(SAMPLE_FILES)
     for source in SAMPLE_FILES:
@@ -297,9 +299,11 @@ def test_cli_report_and_exit_codes(folder: Path, processes: Processes, tmp_path:
     )
     assert sent.returncode == 0, sent.stdout + sent.stderr  # notes.txt: skipped, noted
     lines = [json.loads(line) for line in report.read_text().splitlines()]
-    assert len(lines) == len(SAMPLE_FILES) + 1
+    assert len(lines) == len(SAMPLE_FILES) + 2
     assert {line["result"] for line in lines} == {"success", "skipped"}
     assert "notes.txt: skipped: not a DICOM file" in sent.stdout
+    assert "DICOMDIR: skipped: a DICOMDIR, the directory of a file-set" in sent.stdout
+    assert "2 skipped (not DICOM instances)" in sent.stdout.splitlines()[-1]
     assert "stored" in sent.stdout.splitlines()[-1]
 
     only_dicom = run(dimse_command("store", "-aec", "DIMSE", "127.0.0.1", port, SAMPLE_FILES[0]))

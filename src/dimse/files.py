@@ -19,12 +19,14 @@ from typing import BinaryIO
 from dimse.elements import encoding
 from dimse.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dimse.shapes import HeaderShapes
+from dimse.sop_classes import MEDIA_STORAGE_DIRECTORY
 
 PREAMBLE = bytes(128) + b"DICM"
 
 
 class NotDicomError(ValueError):
-    """The file is not a PS3.10 file we can send as it is (the message omits the path)."""
+    """The file is not a PS3.10 file of an instance we can send as it is (the message
+    omits the path)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,8 @@ class FileScanner:
             with path.open("rb") as fp:
                 scanned = _read_file_meta(fp)
         (sop_class, sop_instance, syntax), offset = scanned
+        if sop_class == MEDIA_STORAGE_DIRECTORY:
+            raise NotDicomError("a DICOMDIR, the directory of a file-set (PS3.10 §8)")
         sop = self._dataset_sop(head, offset, syntax)
         sop_class, sop_instance = sop or (sop_class, sop_instance)
         return DicomFile(path, sop_class, sop_instance, syntax, offset, size)

@@ -409,7 +409,7 @@ class Summary:
         return (
             f"{len(self.results)} file(s): {stored} stored ({self.count(Kind.WARNING)} with "
             f"warnings), {self.count(Kind.FAILURE)} failed, {self.count(Kind.NOT_SENT)} not "
-            f"sent, {self.count(Kind.SKIPPED)} skipped (not DICOM); "
+            f"sent, {self.count(Kind.SKIPPED)} skipped (not DICOM instances); "
             f"{self.sent_bytes / 1e6:.1f} MB in {self.elapsed:.2f} s "
             f"({stored / seconds:.0f} images/s, {self.sent_bytes / 1e6 / seconds:.1f} MB/s)"
         )

@@ -12,6 +12,9 @@ from __future__ import annotations
 import functools
 
 VERIFICATION = "1.2.840.10008.1.1"
+#: A DICOMDIR's SOP class: the directory of a file-set on media (PS3.10 §8), which
+#: the registry names "...Storage" but no Storage SOP class of PS3.4 Annex B is.
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -36,7 +39,10 @@ def storage_sop_classes() -> tuple[str, ...]:
     return tuple(
         uid
         for uid, (name, kind, *_rest) in UID_dictionary.items()
-        if kind == "SOP Class" and "Storage" in name and "Commitment" not in name
+        if kind == "SOP Class"
+        and "Storage" in name
+        and "Commitment" not in name
+        and uid != MEDIA_STORAGE_DIRECTORY
     )
 
 
