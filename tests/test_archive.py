@@ -911,6 +911,24 @@ class ManualAssociation:
         self.sock.close()
 
 
+def test_sigterm_right_after_the_listening_line_is_a_clean_shutdown(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """A service manager may stop the server as soon as it says it listens: the
+    signal handlers are in place by then (before, half of such stops killed it)."""
+    for attempt in range(5):
+        port = free_port()
+        args = dimse_command("serve", str(port), "-od", tmp_path / str(attempt), "--bind", HOST)
+        process = processes.start(args)
+        assert process.stdout is not None
+        for line in process.stdout:
+            if b"listening on" in line:
+                process.send_signal(signal.SIGTERM)
+                break
+        process.stdout.read()
+        assert process.wait(20) == 0, attempt
+
+
 def test_sigterm_lets_the_association_finish(processes: Processes, tmp_path: Path) -> None:
     source = make_instance(tmp_path / "one.dcm", rows=512, columns=512)
     h = header(source)

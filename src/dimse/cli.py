@@ -608,16 +608,17 @@ async def _serve(args: argparse.Namespace) -> int:
             f"dimse serve: cannot open {args.output_directory}: {error}{_rebuild_hint(error)}"
         ) from None
     server = Server(provider, args.bind, port, options)
+    # Before listening: a SIGTERM just after the "listening" line is a shutdown too.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     try:
         await server.start()
     except OSError as error:
         provider.close()
         message = f"dimse serve: cannot listen on port {port}: {error.strerror}"
         raise UsageError(message) from None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     workers = [] if args.worker else await _start_workers(args)
     print(
         f"dimse serve: {args.ae_title} listening on {args.bind}:{server.port}, "
