@@ -518,6 +518,22 @@ def test_unknown_pdu_type_is_unrecognized_pdu(pdu_type: int) -> None:
     assert error.reason is AbortReason.UNRECOGNIZED_PDU
 
 
+@pytest.mark.parametrize("record", [0x14, 0x15, 0x16, 0x17])
+def test_a_tls_record_is_named_as_such(record: int) -> None:
+    """A TLS client on a plain port (ClientHello, 0x16), or a plain client hearing a
+    TLS server's alert (0x15): the message says what the bytes probably are."""
+    reader = PDUReader(0)
+    reader.feed(bytes((record,)) + bytes.fromhex("0301020001000200fe0303"))
+    with pytest.raises(ProtocolError, match="a TLS record") as caught:
+        reader.next_pdu()
+    assert caught.value.reason is AbortReason.UNRECOGNIZED_PDU
+    reader = PDUReader(0)
+    reader.feed(b"\x08" + bytes(9))
+    with pytest.raises(ProtocolError) as caught:
+        reader.next_pdu()
+    assert "TLS" not in str(caught.value)
+
+
 def test_unknown_pdu_type_is_rejected_from_its_header_alone() -> None:
     reader = PDUReader(0)
     reader.feed(b"\x09\x00\xff\xff\xff\xff")

@@ -772,7 +772,11 @@ class PDUReader:
         kind_byte, length = _HEADER.unpack_from(buffer)
         kind = _PDU_TYPES.get(kind_byte)
         if kind is None:
-            raise ProtocolError(f"unknown PDU type 0x{kind_byte:02X}", AbortReason.UNRECOGNIZED_PDU)
+            # 0x14-0x17 begin TLS records (RFC 8446 §5.1): TLS on one side only.
+            hint = " (a TLS record: TLS on one side only?)" if 0x14 <= kind_byte <= 0x17 else ""
+            raise ProtocolError(
+                f"unknown PDU type 0x{kind_byte:02X}{hint}", AbortReason.UNRECOGNIZED_PDU
+            )
         limit = self._limit(kind_byte)
         if length > limit:
             raise ProtocolError(f"{kind.name} PDU of {length} bytes exceeds the limit of {limit}")

@@ -366,7 +366,8 @@ class _Session:
             await self.provider.on_release(self.peer)
         elif isinstance(event, ev.Aborted):
             reason = event.local_error or f"A-ABORT from {event.source.name}, reason {event.reason}"
-            log.warning("%s: %s aborted: %s", self.peer.address, self.peer.calling_ae, reason)
+            who = self.peer.calling_ae or "before association,"
+            log.warning("%s: %s aborted: %s", self.peer.address, who, reason)
             await self._drop_receiving()
             await self.provider.on_abort(self.peer, reason)
 
