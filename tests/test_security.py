@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import subprocess
 from pathlib import Path
@@ -146,7 +147,9 @@ def test_per_calling_ae_limit_and_data_set_size_limit(tmp_path: Path) -> None:
 # --- TLS ----------------------------------------------------------------------------
 
 
-def test_tls_echo_and_store_with_client_certificates(tmp_path: Path, tls_files: TLSFiles) -> None:
+def test_tls_echo_and_store_with_client_certificates(
+    tmp_path: Path, tls_files: TLSFiles, caplog: pytest.LogCaptureFixture
+) -> None:
     server_tls = tls.server_context(
         tls_files.server_cert, tls_files.server_key, tls_files.ca, require_client_cert=True
     )
@@ -171,12 +174,21 @@ def test_tls_echo_and_store_with_client_certificates(tmp_path: Path, tls_files: 
                 )
             with pytest.raises(dimse.AssociationError):
                 await dimse.connect("127.0.0.1", server.port, called_ae="DIMSE")  # plain TCP
+            async with dimse.connect(  # the failed handshakes left the server serving
+                "127.0.0.1", server.port, called_ae="DIMSE", ssl_context=with_cert
+            ) as assoc:
+                assert await assoc.echo() == 0
         finally:
             await server.close()
             provider.close()
 
-    asyncio.run(scenario())
+    with caplog.at_level(logging.WARNING, logger="dimse.server"):
+        asyncio.run(scenario())
     assert len(stored_files(tmp_path / "archive")) == 1
+    # Each refused handshake is one warning: asyncio alone would have said nothing.
+    failed = [r.getMessage() for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert len(failed) == 2, failed
+    assert "WRONG_VERSION_NUMBER" in failed[1]  # the plain TCP client's A-ASSOCIATE-RQ
 
 
 def test_tls_context_refuses_old_protocols(tls_files: TLSFiles) -> None:

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from dimse import events as ev
 from dimse.connection import Connection
@@ -233,7 +233,6 @@ class Server:
             lambda: Stream(Connection(), self._connected),
             self.host,
             self.port,
-            ssl=self.options.ssl_context,
             reuse_address=True,
             reuse_port=self.options.reuse_port or None,
         )
@@ -268,10 +267,39 @@ class Server:
         await self.close()
 
     def _connected(self, stream: Stream) -> None:
+        if self.options.ssl_context is not None:
+            assert stream.transport is not None
+            stream.transport.pause_reading()  # the ClientHello is for _handshake()
         task = asyncio.get_running_loop().create_task(self._accept(stream))
         self._sessions.add(task)
 
+    async def _handshake(self, stream: Stream, context: ssl.SSLContext) -> bool:
+        """TLS on an accepted connection (PS3.15 B.1): here, not by create_server(ssl=),
+        which drops a failed handshake (a client without TLS, an untrusted
+        certificate) without a word unless asyncio's debug mode is on."""
+        assert stream.transport is not None
+        host, port, *_ = stream.transport.get_extra_info("peername") or ("?", 0)
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                stream.transport,
+                stream,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=self.options.timeouts.acse,
+            )
+        except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
+            why = str(error) or type(error).__name__  # an EOF or a reset says nothing
+            log.warning("%s:%s: TLS handshake failed: %s", host, port, why)
+            stream.abort()
+            return False
+        stream.transport = cast(asyncio.Transport, tls)
+        return True
+
     async def _accept(self, stream: Stream) -> None:
+        context = self.options.ssl_context
+        if context is not None and not await self._handshake(stream, context):
+            self._sessions.discard(asyncio.current_task())
+            return
         link = Link(stream, self.options.timeouts, self.budget)
         session = _Session(self, link)
         task = asyncio.current_task()

@@ -63,7 +63,8 @@ class Stream(asyncio.BufferedProtocol):
     ) -> None:
         self.connection = connection
         self.transport: asyncio.Transport | None = None
-        # Called once connected: for TLS after the handshake, never when it fails.
+        # Called once connected: a client's TLS after its handshake, never when it fails;
+        # a server does its own handshake afterwards (Server._handshake).
         self._on_connected = on_connected
         #: Asked after each receive: True stops reading until the next wait().
         self.gate: Callable[[], bool] | None = None
