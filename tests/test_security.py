@@ -191,6 +191,30 @@ def test_tls_echo_and_store_with_client_certificates(
     assert "WRONG_VERSION_NUMBER" in failed[1]  # the plain TCP client's A-ASSOCIATE-RQ
 
 
+def test_a_shutdown_mid_handshake_closes_the_connection(
+    tmp_path: Path, tls_files: TLSFiles
+) -> None:
+    """A client that connects to a TLS port and says nothing is in the handshake when
+    the server shuts down: its connection is closed, not left open."""
+    options = dimse.ServerOptions(
+        ssl_context=tls.server_context(tls_files.server_cert, tls_files.server_key)
+    )
+
+    async def scenario() -> bytes:
+        server, provider = await _serve(tmp_path / "archive", options)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            await asyncio.sleep(0.2)  # accepted, waiting for a ClientHello
+            assert server.active_associations == 1
+            await server.close(grace=0.2)
+            return await asyncio.wait_for(reader.read(), 5)  # EOF: closed by the server
+        finally:
+            writer.close()
+            provider.close()
+
+    assert asyncio.run(scenario()) == b""
+
+
 def test_tls_context_refuses_old_protocols(tls_files: TLSFiles) -> None:
     context = tls.server_context(tls_files.server_cert, tls_files.server_key)
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
