@@ -730,13 +730,9 @@ def _reading_index(args: argparse.Namespace, root: Path) -> Iterator[None]:
 
 
 def _rebuild_hint(error: Exception) -> str:
-    """For an index whose content is damaged (not locked, not an I/O error)."""
-    import sqlite3
+    from dimse.index import is_damage
 
-    damaged = isinstance(error, sqlite3.DatabaseError) and not isinstance(
-        error, sqlite3.OperationalError
-    )
-    return " (dimse index rebuild recreates the index)" if damaged else ""
+    return " (dimse index rebuild recreates the index)" if is_damage(error) else ""
 
 
 async def _index(args: argparse.Namespace) -> int:

@@ -188,6 +188,14 @@ def header_tags() -> dict[int, str]:
 _MAX_VARIABLES = 500  # below SQLite's smallest default SQLITE_MAX_VARIABLE_NUMBER (999)
 
 
+def is_damage(error: BaseException) -> bool:
+    """Whether SQLite cannot read an index file for its content (`index rebuild`
+    sets such a file aside), rather than for a lock or an I/O error."""
+    return isinstance(error, sqlite3.DatabaseError) and not isinstance(
+        error, sqlite3.OperationalError
+    )
+
+
 class Index:
     """The SQLite index of one archive."""
 

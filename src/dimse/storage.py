@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from dimse.elements import encoding, scan_text
 from dimse.files import file_meta_bytes
-from dimse.index import Index, Instance, header_tags
+from dimse.index import Index, Instance, header_tags, is_damage
 from dimse.policies import DuplicatePolicy, Layout, SyncMode
 from dimse.server import Outcome, Peer, ServiceProvider, StoreRequest
 from dimse.shapes import HeaderShapes
@@ -680,7 +680,7 @@ def rebuild_index(root: Path) -> tuple[int, list[str]]:
     try:
         index = _emptied(path)
     except sqlite3.DatabaseError as error:
-        if isinstance(error, sqlite3.OperationalError):  # locked, I/O: not its content
+        if not is_damage(error):
             raise
         _move_aside(path, error)
         index = Index(path)
