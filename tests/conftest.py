@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pydicom
 import pytest
@@ -39,6 +40,14 @@ SAMPLE_FILES: list[Path] = [TEST_FILES / n for names in SAMPLES.values() for n i
 PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}  # Debian's dcmtk waits on delayed ACKs otherwise
 
 
+def unavailable(reason: str) -> NoReturn:
+    """What a test needs is missing: it skips on a laptop, but fails in CI, whose
+    machine the project's scripts set up with everything (scripts/install-test-deps)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}: required in CI (scripts/install-test-deps)")
+    pytest.skip(reason)
+
+
 def require(tool: str) -> str:
     """The path of a dcmtk tool; a missing one skips, except in CI where it fails.
 
@@ -47,9 +56,7 @@ def require(tool: str) -> str:
     """
     path = _dcmtk_tool(tool)
     if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"dcmtk's {tool} is required in CI (scripts/install-test-deps)")
-        pytest.skip(f"dcmtk's {tool} not installed")
+        unavailable(f"dcmtk's {tool} not installed")
     return path
 
 
