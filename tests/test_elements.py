@@ -22,7 +22,7 @@ from pydicom.uid import (
 )
 
 from conftest import TEST_FILES, dataset_bytes
-from dimse.elements import Unscannable, encoding, scan_text, walk
+from dimse.elements import DATA_SET_END, Unscannable, cut_off, encoding, scan_text, walk
 from dimse.files import NotDicomError, open_dicom_file
 from dimse.index import Instance, header_tags
 from dimse.server import Peer
@@ -197,26 +197,35 @@ def test_a_long_header_cut_off_is_left_to_pydicom() -> None:
     assert scan_text(data, 0, False, header_tags(), LAST_HEADER_TAG, complete=True) is None
 
 
-def _walked(data: bytes, implicit: bool, complete: bool) -> tuple[dict[str, str], int] | None:
+#: The sender reads headers up to a last tag; the archive reads data sets whole.
+LAST_TAGS = pytest.mark.parametrize(
+    "last_tag", [LAST_HEADER_TAG, DATA_SET_END], ids=["header", "whole"]
+)
+
+
+def _walked(
+    data: bytes, implicit: bool, complete: bool, last_tag: int = LAST_HEADER_TAG
+) -> tuple[dict[str, str], int] | None:
     """scan_text()'s values, and where the element past the last tag starts."""
     elements: list[tuple[int, int, int, int]] = []
-    values = scan_text(data, 0, implicit, header_tags(), LAST_HEADER_TAG, complete, elements)
+    values = scan_text(data, 0, implicit, header_tags(), last_tag, complete, elements)
     if values is None:
         return None
     return values, elements[-1][1] if elements and elements[-1][2:] == (0, 0) else len(data)
 
 
-def _scanned_alike(headers: list[bytes], implicit: bool, label: str = "") -> None:
+def _scanned_alike(headers: list[bytes], implicit: bool, last_tag: int, label: str = "") -> None:
     """HeaderShapes answers as scan_text does, each header scanned as one source's."""
-    shapes = HeaderShapes(header_tags(), LAST_HEADER_TAG)
+    shapes = HeaderShapes(header_tags(), last_tag)
     for number, data in enumerate(headers):
-        expected = _walked(data, implicit, complete=True)
+        expected = _walked(data, implicit, True, last_tag)
         assert shapes.scan("source", data, implicit, complete=True) == expected, (label, number)
 
 
 @pytest.mark.filterwarnings("ignore:Expected explicit VR")
 @pytest.mark.filterwarnings("ignore:Invalid value for VR")
-def test_shapes_answer_as_the_walk_on_series_of_every_test_file() -> None:
+@LAST_TAGS
+def test_shapes_answer_as_the_walk_on_series_of_every_test_file(last_tag: int) -> None:
     """Each Little Endian test file as a series: UIDs and numbers of changing length,
     a value changed, the file itself again, then cut short."""
     series = 0
@@ -235,7 +244,7 @@ def test_shapes_answer_as_the_walk_on_series_of_every_test_file() -> None:
         except Exception:  # pydicom cannot read or write some deliberately broken files
             continue
         headers += [data, data[: len(data) // 2], data[:200], data]
-        _scanned_alike(headers, uid.is_implicit_VR, path.name)
+        _scanned_alike(headers, uid.is_implicit_VR, last_tag, path.name)
         series += 1
     assert series >= len(BUNDLED) // 2, (series, len(BUNDLED))
 
@@ -278,8 +287,9 @@ def test_a_shape_reads_headers_like_the_one_it_was_learnt_from() -> None:
         max_size=8,
     ),
 )
+@LAST_TAGS
 def test_shapes_answer_as_the_walk_whatever_changes(
-    implicit: bool, undefined: bool, changes: list[tuple[int, str, int, int]]
+    implicit: bool, undefined: bool, changes: list[tuple[int, str, int, int]], last_tag: int
 ) -> None:
     ds = _with_sequences()
     ds["ProcedureCodeSequence"].is_undefined_length = undefined
@@ -290,14 +300,17 @@ def test_shapes_answer_as_the_walk_whatever_changes(
         headers.append(good)
         if at < len(good):
             headers.append(good[:at] + bytes([value]) + good[at + 1 :])
-    _scanned_alike(headers, implicit)
+    _scanned_alike(headers, implicit, last_tag)
 
 
-def test_a_series_whose_values_change_length_is_read_by_its_shape() -> None:
-    """UIDs, numbers, positions and times that change, some in length, from image
-    to image, as in a real series: after a few walks the shape reads them all."""
+@LAST_TAGS
+def test_a_series_whose_values_change_length_is_read_by_its_shape(last_tag: int) -> None:
+    """UIDs, numbers, positions, times and pixels that change, some in length, from
+    image to image, as in a real series: after a few walks the shape reads them all.
+    Read whole, one cut short fits no shape."""
     ds = read_dataset(BytesIO(dataset_bytes(TEST_FILES / "CT_small.dcm")), False, True)
-    shapes = HeaderShapes(header_tags(), LAST_HEADER_TAG)
+    shapes = HeaderShapes(header_tags(), last_tag)
+    complete = last_tag == DATA_SET_END  # the archive's data sets are whole; headers not
     for number in range(1, 121):
         z = -150 + number * 0.625
         ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{number**5}"
@@ -305,9 +318,42 @@ def test_a_series_whose_values_change_length_is_read_by_its_shape() -> None:
         ds.SliceLocation = f"{z:g}"
         ds.ImagePositionPatient = ["-175.5", f"{-174 + number / 7:.5g}", f"{z:g}"]
         ds.AcquisitionTime = f"072700.{number * 37}"
+        ds.PixelData = bytes([number]) * len(ds.PixelData)
         data = _encoded(ds, implicit=False)
-        assert shapes.scan("ct", data, False, complete=False) == _walked(data, False, False)
+        expected = _walked(data, False, complete, last_tag)
+        assert expected is not None
+        assert shapes.scan("ct", data, False, complete) == expected
     assert shapes.walked <= 6, shapes.walked
+    if complete:
+        assert shapes.scan("ct", data[:-1], False, complete) is None
+        assert shapes.scan("ct", data[: len(data) // 2], False, complete) is None
+        assert shapes.scan("ct", data + b"\0" * 8, False, complete) is None  # more than a shape
+
+
+def test_cut_off_names_where_a_data_set_ends_short() -> None:
+    """Every Little Endian test file ends with an element but pydicom's two that are
+    cut short on purpose; cut anywhere else than between two elements, any does not."""
+    checked = 0
+    for path, data, syntax in BUNDLED:
+        uid = UID(syntax)
+        if uid.is_deflated or not uid.is_little_endian:
+            continue
+        implicit = uid.is_implicit_VR
+        assert (cut_off(data, 0, implicit) is None) == ("truncated" not in path.name), path.name
+        try:
+            bounds = {offset for _, offset, _, _ in walk(data, 0, implicit)}
+        except Unscannable:  # no VR here (a deliberately odd file), or cut short
+            continue
+        for size in (len(data) - 1, len(data) // 2, len(data) // 3, 7, 130):
+            if size not in bounds and size < len(data):
+                assert cut_off(data[:size], 0, implicit) is not None, (path.name, size)
+        checked += 1
+    assert checked >= len(BUNDLED) // 2, (checked, len(BUNDLED))
+    ct = dataset_bytes(TEST_FILES / "CT_small.dcm")
+    assert cut_off(ct[: len(ct) // 2], 0, False) == "(7FE0,0010)"  # in the pixels
+    assert cut_off(ct[:5], 0, False) == "an element header"
+    no_vr = b"\x10\x00\x10\x00??\x02\x00AB"
+    assert cut_off(no_vr, 0, False) is None  # not walked: says nothing of its end
 
 
 def test_a_layout_is_a_devices_own_whatever_its_port_or_ae_title() -> None:

@@ -11,6 +11,7 @@ falls back to pydicom; tests compare the two on pydicom's own test files.
 from __future__ import annotations
 
 import functools
+import mmap
 import struct
 from collections.abc import Iterator, Mapping
 
@@ -31,6 +32,8 @@ SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI
 _HEADER_SIZE = {**dict.fromkeys(SHORT_VRS, 8), **dict.fromkeys(LONG_VRS, 12)}
 UNDEFINED_LENGTH = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD  # PS3.5 §7.5
+#: As scan_text()'s `last_tag`: the whole data set, which must end with an element.
+DATA_SET_END = 0xFFFFFFFF
 
 _IMPLICIT = struct.Struct("<HHI")  # tag, 32-bit length; items in any encoding
 _EXPLICIT = struct.Struct("<HH2sH")  # tag, VR, 16-bit length
@@ -64,7 +67,11 @@ class Unscannable(Exception):
     """The bytes end early or hold something this scanner leaves to pydicom."""
 
 
-Buffer = bytes | bytearray | memoryview
+class CutOff(Unscannable):
+    """The bytes end inside what the message names."""
+
+
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 
 def walk(buf: Buffer, at: int, implicit: bool) -> Iterator[tuple[int, int, int, int]]:
@@ -81,7 +88,7 @@ def walk(buf: Buffer, at: int, implicit: bool) -> Iterator[tuple[int, int, int, 
     long_length = LONG_LENGTH.unpack_from
     while at < size:
         if at + 8 > size:
-            raise Unscannable("element header cut off")
+            raise CutOff("an element header")
         offset = at
         un = False
         if implicit:
@@ -95,7 +102,7 @@ def walk(buf: Buffer, at: int, implicit: bool) -> Iterator[tuple[int, int, int, 
                 at += 8
             elif header == 12:
                 if at + 12 > size:
-                    raise Unscannable("element header cut off")
+                    raise CutOff("an element header")
                 (length,) = long_length(buf, at + 8)
                 at += 12
                 un = vr == b"UN"
@@ -119,7 +126,7 @@ def skip_items(buf: Buffer, at: int, implicit: bool) -> int:
     """The offset past a sequence of undefined length (PS3.5 §7.5.2)."""
     while True:
         if at + 8 > len(buf):
-            raise Unscannable("sequence cut off")
+            raise CutOff("a sequence")
         group, element, length = _IMPLICIT.unpack_from(buf, at)
         tag = group << 16 | element
         at += 8
@@ -135,7 +142,23 @@ def skip_items(buf: Buffer, at: int, implicit: bool) -> int:
                 at = end
                 break
         else:
-            raise Unscannable("item cut off")
+            raise CutOff("an item")
+
+
+def cut_off(buf: Buffer, at: int, implicit: bool) -> str | None:
+    """What the data set from `at` to the end of `buf` ends inside, if it is cut
+    short (a file cut in its pixel data still has the header the index reads).
+    None when its last element ends where it ends, or when it holds what walk()
+    cannot pass, which says nothing of its end."""
+    try:
+        for tag, _, _, end in walk(buf, at, implicit):
+            if end > len(buf):
+                return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    except CutOff as error:
+        return str(error)
+    except Unscannable:
+        return None
+    return None
 
 
 def scan_text(
@@ -150,12 +173,14 @@ def scan_text(
     """The `wanted` top-level values (tag -> name) up to `last_tag`.
 
     Values are plain ASCII text, padding stripped. None when the buffer ends
-    before `last_tag` is passed (unless it holds the `complete` data set) or a
-    wanted value is not plain single-valued ASCII: character sets, ISO 2022
-    escapes and multiple values are pydicom's job.
+    before `last_tag` is passed (unless it holds the `complete` data set, whose
+    last element must then end where it ends) or a wanted value is not plain
+    single-valued ASCII: character sets, ISO 2022 escapes and multiple values are
+    pydicom's job.
 
     `elements`, when given, receives what walk() yields for each top-level element
-    passed, then (tag, offset, 0, 0) for the one past `last_tag` (dimse.shapes).
+    passed, then (tag, offset, 0, 0) for the one past `last_tag` (dimse.shapes),
+    or (DATA_SET_END, size, 0, 0) when DATA_SET_END was asked and reached.
 
     walk() inlined, for the top level only: this runs for every instance the
     archive receives (~130 elements in a CT header), and without a generator it
@@ -211,7 +236,11 @@ def scan_text(
             values[name] = text
         at = end
     else:  # the buffer ended before an element past last_tag
-        return values if complete and at == size else None
+        if not complete or at != size:
+            return None
+        if elements is not None and last_tag == DATA_SET_END:
+            elements.append((DATA_SET_END, size, 0, 0))
+        return values
     if elements is not None:
         elements.append((tag, start, 0, 0))
     return values

@@ -57,7 +57,8 @@ class _Anchor:
 @dataclass(frozen=True)
 class Shape:
     """Where the elements of a header lie, up to the first one past the last tag
-    wanted (whose tag is `stop`), learnt from earlier headers to read later ones."""
+    wanted (whose tag is `stop`), or to the data set's end (`stop` empty), learnt
+    from earlier headers to read later ones."""
 
     steps: tuple[_Run | _Anchor, ...]
     stop: bytes
@@ -103,7 +104,10 @@ class Shape:
                     return None
                 values[step.name] = text
             at += length
-        if at + 8 > len(buf) or not buf.startswith(self.stop, at):
+        if self.stop:
+            if at + 8 > len(buf) or not buf.startswith(self.stop, at):
+                return None
+        elif at != len(buf):  # elements cut off, or more of them
             return None
         return values, at
 
@@ -118,6 +122,7 @@ def _plain_texts(raws: Sequence[bytes]) -> list[str] | None:
 
 
 _SHORT_LENGTH = struct.Struct("<H")
+_LONG_VALUE = 1024  # bytes
 
 
 def _getter(spans: list[tuple[int, int]]) -> Callable[[bytes], tuple[bytes, ...]]:
@@ -135,7 +140,7 @@ def learn_shape(
     changed: Container[int],
 ) -> Shape | None:
     """The shape of `buf` from scan_text()'s `elements`. The `resized` tags (and
-    undefined lengths) become anchors; of the `changed` tags only the header is
+    undefined or long lengths) become anchors; of the `changed` tags only the header is
     compared. None when the walk ended before passing the last tag wanted."""
     if not elements or elements[-1][2:] != (0, 0):
         return None
@@ -169,7 +174,9 @@ def learn_shape(
 
     for element in elements[:-1]:
         tag, offset, value, end = element
-        if end != -1 and tag not in resized:
+        # A long value (pixel data) is skipped, not sliced, compared or copied,
+        # even when it repeats: as an anchor, by the length in its header.
+        if end != -1 and tag not in resized and end - value <= _LONG_VALUE:
             run.append(element)
             continue
         close_run()

@@ -16,6 +16,7 @@ import ctypes
 import errno
 import itertools
 import logging
+import mmap
 import os
 import re
 import sqlite3
@@ -30,7 +31,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from dimse.elements import encoding, scan_text
+from dimse.elements import DATA_SET_END, cut_off, encoding, scan_text
 from dimse.files import file_meta_bytes
 from dimse.index import Index, Instance, header_tags, is_damage
 from dimse.policies import DuplicatePolicy, Layout, SyncMode
@@ -123,7 +124,8 @@ def failure_for(error: OSError) -> Outcome:
 
 
 #: The index and the checks read nothing past (0020,0013) Instance Number, the last
-#: of index.HEADER_KEYWORDS; the header is parsed up to there only.
+#: of index.HEADER_KEYWORDS; the header is parsed up to there only (what follows is
+#: walked, not parsed, for its end: FileSink._cut_short).
 LAST_HEADER_TAG = 0x00200013
 _past = int.__gt__  # C-level: pydicom's BaseTag compares in Python
 
@@ -136,7 +138,8 @@ def scan_header(
     source: Hashable = None,
 ) -> dict[str, str] | None:
     """read_header()'s fast path alone: None when pydicom is needed. With `shapes`
-    (on the event loop only), by the layout learnt from `source`'s earlier headers."""
+    (the archive's, on the event loop only), by the layout learnt from `source`'s
+    earlier data sets, and None too for one cut short."""
     deflated, implicit, little_endian = encoding(transfer_syntax)
     if deflated or not little_endian:
         return None
@@ -313,7 +316,29 @@ class FileSink:
             # PS3.4 §B.2.3: Cxxx, the SCP cannot understand the data set.
             log.warning("%s: unreadable data set: %r", self.request.peer.address, error)
             return Outcome(Status.CANNOT_UNDERSTAND, f"cannot parse data set: {error}"[:64])
-        return self._instance(header)
+        return self._cut_short(head) or self._instance(header)
+
+    def _cut_short(self, head: bytes) -> Outcome | None:
+        """PS3.4 §B.2.3 Cxxx for a data set that ends inside an element: what a file
+        cut short by a failed copy sends. (A held one read by its shape was checked.)"""
+        deflated, implicit, little_endian = encoding(self.request.transfer_syntax)
+        if deflated or not little_endian:
+            return None  # not walked here (see dimse.elements)
+        if len(head) >= self.size:
+            inside = cut_off(head, 0, implicit)
+        else:
+            with mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ) as written:
+                inside = cut_off(written, self.file_size - self.size, implicit)
+        if inside is None:
+            return None
+        log.warning(
+            "%s: %s: the data set ends inside %s (%d bytes)",
+            self.request.peer.address,
+            self.request.message.affected_sop_instance_uid,
+            inside,
+            self.size,
+        )
+        return Outcome(Status.CANNOT_UNDERSTAND, f"data set ends inside {inside}")
 
     def _instance(self, header: Dataset | dict[str, str]) -> Instance | Outcome:
         return self._validate(header) or Instance.from_header(
@@ -420,8 +445,9 @@ class StorageProvider(ServiceProvider):
 
     @cached_property
     def shapes(self) -> HeaderShapes:
-        """The header layouts of each source (layout_source())."""
-        return HeaderShapes(header_tags(), LAST_HEADER_TAG)
+        """The layouts of each source's data sets (layout_source()), read whole: one
+        that ends inside an element then fits no layout and no walk."""
+        return HeaderShapes(header_tags(), DATA_SET_END)
 
     def _clean_temp(self) -> None:
         for leftover in (self.root / TEMP_DIR).iterdir():
