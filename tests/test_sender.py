@@ -121,6 +121,42 @@ def test_sending_files_as_they_are_never_imports_pydicom(
     assert sorted(stored_files(out)) == sorted(open_dicom_file(f).sop_instance_uid for f in files)
 
 
+def test_a_file_cut_short_is_not_sent(tmp_path: Path) -> None:
+    """A file cut by a failed copy is refused before its command goes out, as
+    storescu refuses it: a peer that does not walk data sets (pynetdicom's SCP
+    here) would store it as whole. Whether read by its series' layout, walked, or
+    larger than a read block."""
+    folder = tmp_path / "exam"
+    files = _generated(folder, 6)
+    ds = _instance("1.2.840.10008.5.1.4.1.1.7", generate_uid())
+    ds.PixelData = bytes(1536 * 1024)  # over the sender's 1 MiB read block
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1024, 768, 16, 16, 15
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    large = folder / "large.dcm"
+    ds.save_as(large, enforce_file_format=True)
+    for path, keep in ((files[4], 0.5), (files[5], 0.999), (large, 0.7)):
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep) & ~1])  # even: no padding byte
+    shutil.copy(TEST_FILES / "MR_truncated.dcm", folder)  # pydicom's own, cut in its pixels
+    port = free_port()
+    scp = PynetdicomSCP(port)
+    try:
+        results = _send(port, "PYNETDICOM", folder, async_ops=4)
+    finally:
+        scp.server.shutdown()
+    outcome = {Path(r.source).name: (r.kind, r.description) for r in results}
+    not_sent = (
+        Kind.NOT_SENT,
+        "not sent: the file is cut short: its data set ends inside (7FE0,0010)",
+    )
+    assert outcome == {
+        **{path.name: (Kind.SUCCESS, "0000 Success") for path in files[:4]},
+        **dict.fromkeys(("004.dcm", "005.dcm", "large.dcm", "MR_truncated.dcm"), not_sent),
+    }
+    assert set(scp.received) == {open_dicom_file(path).sop_instance_uid for path in files[:4]}
+
+
 def test_implicit_only_peer_gets_converted_files(processes: Processes, tmp_path: Path) -> None:
     """Explicit and big endian files are converted; JPEG-LS only where a decoder exists."""
     port, out = free_port(), tmp_path / "storescp"

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeGuard
 from dimse import events as ev
 from dimse.connection import Connection
 from dimse.dimse import CEchoRQ, CEchoRSP, CStoreRQ, CStoreRSP, Message, Priority
-from dimse.files import DicomFile, open_dicom_file
+from dimse.files import DicomFile, NotDicomError, WholeDataSets, open_dicom_file
 from dimse.negotiation import (
     DEFAULT_MAX_PDU,
     AcceptedContext,
@@ -99,6 +99,7 @@ class ClientAssociation:
         self._send_lock = asyncio.Lock()
         self._released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._failure: AssociationError | None = None
+        self._whole = WholeDataSets()
         self._reader = asyncio.create_task(self._read_loop())
 
     @property
@@ -237,10 +238,13 @@ class ClientAssociation:
             try:
                 async with self._send_lock:
                     self._raise_if_failed()
-                    self._link.connection.send_message(context_id, build(message_id))
-                    if payload is not None:
-                        await self._send_payload(context_id, payload)
+                    if isinstance(payload, DicomFile):
+                        await self._send_file(context_id, build(message_id), payload)
                     else:
+                        self._link.connection.send_message(context_id, build(message_id))
+                        if payload is not None:  # PDVs carry even lengths (PS3.8 §9.3.5.1)
+                            padded = payload + bytes(len(payload) % 2)
+                            self._link.connection.send_data(context_id, padded, True)
                         await self._link.drain()
                 # asyncio.timeout, not wait_for(shield()): no extra future and callbacks
                 # per request. A late response finds no pending future and is dropped.
@@ -252,23 +256,25 @@ class ClientAssociation:
             finally:
                 self._pending.pop(message_id, None)
 
-    async def _send_payload(self, context_id: int, payload: DicomFile | bytes) -> None:
+    async def _send_file(self, context_id: int, command: Message, file: DicomFile) -> None:
+        """The command, then the file's data set from disk, its first block read (and
+        the file checked whole) before the command goes out."""
         connection = self._link.connection
-        if isinstance(payload, bytes):
-            connection.send_data(context_id, payload + bytes(len(payload) % 2), True)
-            await self._link.drain()
-            return
         peer_max = self.association.peer_max_pdu
         pdv = peer_max - 6 if peer_max else _FILE_BLOCK
         block = pdv * max(1, _FILE_BLOCK // pdv)  # whole PDVs per read
-        with payload.path.open("rb", buffering=0) as fp:
-            fp.seek(payload.dataset_offset)
-            remaining = payload.dataset_size
+        with file.path.open("rb", buffering=0) as fp:
+            fp.seek(file.dataset_offset)
+            remaining = file.dataset_size
+            data = fp.read(min(block, remaining))
+            inside = self._whole.cut_short(file, data, fp.fileno())
+            if inside is not None:
+                raise NotDicomError(f"the file is cut short: its data set ends inside {inside}")
+            connection.send_message(context_id, command)
             while True:
-                data = fp.read(min(block, remaining)) if remaining > 0 else b""
                 remaining -= len(data)
                 last = remaining <= 0 or not data
-                if last and payload.dataset_size % 2:
+                if last and file.dataset_size % 2:
                     # PDVs carry even lengths (PS3.8 §9.3.5.1 via PS3.5 §7.1): an odd
                     # data set, e.g. a deflated stream (PS3.5 §A.5), gets a NUL pad.
                     data += b"\0"
@@ -276,8 +282,9 @@ class ClientAssociation:
                 await self._link.drain()
                 if last:
                     break
+                data = fp.read(min(block, remaining))
         if remaining > 0:
-            raise AssociationError(f"{payload.path} shrank while it was being sent")
+            raise AssociationError(f"{file.path} shrank while it was being sent")
 
     async def _read_loop(self) -> None:
         connection = self._link.connection

@@ -10,13 +10,14 @@ then, not at start-up). Nothing here parses the data set.
 from __future__ import annotations
 
 import functools
+import mmap
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from dimse.elements import encoding
+from dimse.elements import DATA_SET_END, cut_off, encoding
 from dimse.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dimse.shapes import HeaderShapes
 from dimse.sop_classes import MEDIA_STORAGE_DIRECTORY
@@ -118,6 +119,37 @@ class FileScanner:
         if scanned is None or not scanned[0].get("class") or not scanned[0].get("instance"):
             return None
         return scanned[0]["class"], scanned[0]["instance"]
+
+
+class WholeDataSets:
+    """Tells a file cut short (by a failed copy, a full disk) from a whole one before
+    it is sent. storescu refuses such a file; a receiver that reads only the
+    header would store it as if whole. Small data sets are read by the layout of
+    the files before them (dimse.shapes); for one thread."""
+
+    def __init__(self) -> None:
+        self._shapes = HeaderShapes({}, DATA_SET_END)
+
+    def cut_short(self, file: DicomFile, first: bytes, fd: int) -> str | None:
+        """What `file`'s data set ends inside, if it does (dimse.elements.cut_off):
+        `first` is its first block as read, `fd` the file open for the rest."""
+        try:
+            deflated, implicit, little_endian = encoding(file.transfer_syntax)
+        except ValueError:  # not a transfer syntax pydicom knows: not walked
+            return None
+        if deflated or not little_endian:
+            return None
+        if len(first) >= file.dataset_size:
+            source = (file.sop_class_uid, file.transfer_syntax)
+            if self._shapes.scan(source, first, implicit, True) is not None:
+                return None
+            return cut_off(first, 0, implicit)
+        with (
+            mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped,
+            memoryview(mapped) as whole,
+            whole[file.dataset_offset : file.size] as data,
+        ):
+            return cut_off(data, 0, implicit)
 
 
 def open_dicom_file(path: str | os.PathLike[str]) -> DicomFile:
