@@ -132,6 +132,7 @@ class ClientAssociation:
 
         A file is sent from its own bytes when the peer accepted its transfer
         syntax; otherwise it is decoded and re-encoded (uncompressed syntaxes only).
+        A file cut short raises NotDicomError before anything is sent.
         """
         sop_class, sop_instance, context, payload = await self._prepare(source)
 
