@@ -79,13 +79,18 @@ def test_folder_to_storescp(folder: Path, processes: Processes, tmp_path: Path) 
     assert len(received) == len(SAMPLE_FILES)
 
 
-def test_folder_to_pynetdicom(folder: Path) -> None:
+def _send_to_pynetdicom(folder: Path) -> tuple[list[StoreResult], PynetdicomSCP]:
+    """Send `folder` to pynetdicom's SCP, which keeps the bytes it receives."""
     port = free_port()
     scp = PynetdicomSCP(port)
     try:
-        results = _send(port, "PYNETDICOM", folder, async_ops=4)
+        return _send(port, "PYNETDICOM", folder, async_ops=4), scp
     finally:
         scp.server.shutdown()
+
+
+def test_folder_to_pynetdicom(folder: Path) -> None:
+    results, scp = _send_to_pynetdicom(folder)
     assert sum(r.kind is Kind.SUCCESS for r in results) == len(SAMPLE_FILES)
     for source in SAMPLE_FILES:
         syntax, data = scp.received[open_dicom_file(source).sop_instance_uid]
@@ -139,12 +144,7 @@ def test_a_file_cut_short_is_not_sent(tmp_path: Path) -> None:
         data = path.read_bytes()
         path.write_bytes(data[: int(len(data) * keep) & ~1])  # even: no padding byte
     shutil.copy(TEST_FILES / "MR_truncated.dcm", folder)  # pydicom's own, cut in its pixels
-    port = free_port()
-    scp = PynetdicomSCP(port)
-    try:
-        results = _send(port, "PYNETDICOM", folder, async_ops=4)
-    finally:
-        scp.server.shutdown()
+    results, scp = _send_to_pynetdicom(folder)
     outcome = {Path(r.source).name: (r.kind, r.description) for r in results}
     not_sent = (
         Kind.NOT_SENT,
