@@ -13,6 +13,7 @@ import functools
 import mmap
 import os
 import struct
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -121,6 +122,38 @@ class FileScanner:
         return scanned[0]["class"], scanned[0]["instance"]
 
 
+def cut_short(
+    head: bytes,
+    fd: int,
+    offset: int,
+    size: int,
+    transfer_syntax: str,
+    shapes: HeaderShapes | None = None,
+    source: Hashable = None,
+) -> str | None:
+    """What the data set of `size` bytes at `offset` in the file `fd` ends inside,
+    if it is cut short (dimse.elements.cut_off): `head` is its first bytes, read
+    from the file when they do not hold it whole. A whole `head` is read by
+    `shapes` (one made with DATA_SET_END) when it fits `source`'s layout.
+    Little Endian, not deflated."""
+    try:
+        deflated, implicit, little_endian = encoding(transfer_syntax)
+    except ValueError:  # not a transfer syntax pydicom knows: not walked
+        return None
+    if deflated or not little_endian:
+        return None
+    if len(head) >= size:
+        if shapes is not None and shapes.scan(source, head, implicit, True) is not None:
+            return None
+        return cut_off(head, 0, implicit)
+    with (
+        mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped,
+        memoryview(mapped) as whole,
+        whole[offset : offset + size] as data,
+    ):
+        return cut_off(data, 0, implicit)
+
+
 class WholeDataSets:
     """Tells a file cut short (by a failed copy, a full disk) from a whole one before
     it is sent. storescu refuses such a file; a receiver that reads only the
@@ -131,25 +164,17 @@ class WholeDataSets:
         self._shapes = HeaderShapes({}, DATA_SET_END)
 
     def cut_short(self, file: DicomFile, first: bytes, fd: int) -> str | None:
-        """What `file`'s data set ends inside, if it does (dimse.elements.cut_off):
-        `first` is its first block as read, `fd` the file open for the rest."""
-        try:
-            deflated, implicit, little_endian = encoding(file.transfer_syntax)
-        except ValueError:  # not a transfer syntax pydicom knows: not walked
-            return None
-        if deflated or not little_endian:
-            return None
-        if len(first) >= file.dataset_size:
-            source = (file.sop_class_uid, file.transfer_syntax)
-            if self._shapes.scan(source, first, implicit, True) is not None:
-                return None
-            return cut_off(first, 0, implicit)
-        with (
-            mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped,
-            memoryview(mapped) as whole,
-            whole[file.dataset_offset : file.size] as data,
-        ):
-            return cut_off(data, 0, implicit)
+        """What `file`'s data set ends inside, if it does: `first` is its first
+        block as read, `fd` the file open for the rest."""
+        return cut_short(
+            first,
+            fd,
+            file.dataset_offset,
+            file.dataset_size,
+            file.transfer_syntax,
+            self._shapes,
+            (file.sop_class_uid, file.transfer_syntax),
+        )
 
 
 def open_dicom_file(path: str | os.PathLike[str]) -> DicomFile:

@@ -140,8 +140,9 @@ def learn_shape(
     changed: Container[int],
 ) -> Shape | None:
     """The shape of `buf` from scan_text()'s `elements`. The `resized` tags (and
-    undefined or long lengths) become anchors; of the `changed` tags only the header is
-    compared. None when the walk ended before passing the last tag wanted."""
+    undefined or long lengths) become anchors; of the `changed` tags only the
+    header is compared. None when the walk ended before passing the last tag
+    wanted."""
     if not elements or elements[-1][2:] != (0, 0):
         return None
     steps: list[_Run | _Anchor] = []

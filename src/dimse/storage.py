@@ -16,7 +16,6 @@ import ctypes
 import errno
 import itertools
 import logging
-import mmap
 import os
 import re
 import sqlite3
@@ -31,8 +30,8 @@ from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from dimse.elements import DATA_SET_END, cut_off, encoding, scan_text
-from dimse.files import file_meta_bytes
+from dimse.elements import DATA_SET_END, encoding, scan_text
+from dimse.files import cut_short, file_meta_bytes
 from dimse.index import Index, Instance, header_tags, is_damage
 from dimse.policies import DuplicatePolicy, Layout, SyncMode
 from dimse.server import Outcome, Peer, ServiceProvider, StoreRequest
@@ -321,14 +320,8 @@ class FileSink:
     def _cut_short(self, head: bytes) -> Outcome | None:
         """PS3.4 §B.2.3 Cxxx for a data set that ends inside an element: what a file
         cut short by a failed copy sends. (A held one read by its shape was checked.)"""
-        deflated, implicit, little_endian = encoding(self.request.transfer_syntax)
-        if deflated or not little_endian:
-            return None  # not walked here (see dimse.elements)
-        if len(head) >= self.size:
-            inside = cut_off(head, 0, implicit)
-        else:
-            with mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ) as written:
-                inside = cut_off(written, self.file_size - self.size, implicit)
+        syntax = self.request.transfer_syntax
+        inside = cut_short(head, self._fd, self.file_size - self.size, self.size, syntax)
         if inside is None:
             return None
         log.warning(
