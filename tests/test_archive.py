@@ -30,7 +30,7 @@ from typing import IO, TypeVar
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 
 import dimse
@@ -569,8 +569,8 @@ def test_a_data_set_cut_short_is_refused_and_the_others_are_stored(
 ) -> None:
     """A file cut by a failed copy still has the header the index reads: its data set
     ends inside an element, and PS3.4 §B.2.3's Cxxx answers it, whether it was held
-    in memory (after its source's layout was learnt) or streamed to disk. (`dimse
-    store` does not send such a file: raw bytes are sent here.)"""
+    in memory (after its source's layout was learnt) or streamed to disk, or
+    deflated. (`dimse store` does not send such a file: raw bytes are sent here.)"""
     series = generate_uid()
 
     def small(number: int) -> Path:
@@ -586,6 +586,7 @@ def test_a_data_set_cut_short_is_refused_and_the_others_are_stored(
         (small(5), 0.999),
         (make_instance(tmp_path / "6.dcm", rows=400, columns=400), 0.7),
     ]
+    deflated = open_dicom_file(TEST_FILES / "image_dfl.dcm")
     archive = serve(processes, tmp_path / "archive")
 
     async def send() -> list[tuple[int, str | None]]:
@@ -595,7 +596,15 @@ def test_a_data_set_cut_short_is_refused_and_the_others_are_stored(
             cut = data[: int(len(data) * keep) & ~1]  # even: no padding byte
             sources.append(dimse.RawDataSet(CT, header(path).sop, ExplicitVRLittleEndian, cut))
         sources.append(large)
-        contexts = [dimse.ProposedContext(CT, (ExplicitVRLittleEndian,))]
+        data = dataset_bytes(deflated.path)
+        cut = data[: len(data) * 2 // 3]
+        dfl = DeflatedExplicitVRLittleEndian
+        sop_class, sop = deflated.sop_class_uid, deflated.sop_instance_uid
+        sources.append(dimse.RawDataSet(sop_class, sop, dfl, cut))
+        contexts = [
+            dimse.ProposedContext(CT, (ExplicitVRLittleEndian,)),
+            dimse.ProposedContext(sop_class, (dfl,)),
+        ]
         async with dimse.connect(HOST, archive.port, called_ae="DIMSE", contexts=contexts) as assoc:
             return [
                 (response.status, response.error_comment)
@@ -603,7 +612,10 @@ def test_a_data_set_cut_short_is_refused_and_the_others_are_stored(
             ]
 
     inside = (0xC000, "data set ends inside (7FE0,0010)")
-    assert asyncio.run(send()) == [(0, None)] * 3 + [inside] * 3 + [(0, None)]
+    *answers, (status, comment) = asyncio.run(send())
+    assert answers == [(0, None)] * 3 + [inside] * 3 + [(0, None)]
+    # The deflated one is inflated whole by pydicom to read its header: that fails first.
+    assert status == 0xC000 and comment and comment.startswith("cannot parse data set: Error -5")
     root = archive.root
     assert archive_files(root) == sorted(study_path(root, path) for path in (*good, large))
     assert set(indexed(root)) == {header(path).sop for path in (*good, large)}

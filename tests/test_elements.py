@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
+import zlib
 from io import BytesIO
 from pathlib import Path
 
@@ -22,7 +24,15 @@ from pydicom.uid import (
 )
 
 from conftest import TEST_FILES, dataset_bytes
-from dimse.elements import DATA_SET_END, Unscannable, cut_off, encoding, scan_text, walk
+from dimse.elements import (
+    DATA_SET_END,
+    Unscannable,
+    cut_off,
+    deflate_cut_off,
+    encoding,
+    scan_text,
+    walk,
+)
 from dimse.files import NotDicomError, open_dicom_file
 from dimse.index import Instance, header_tags
 from dimse.server import Peer
@@ -370,3 +380,21 @@ def test_a_layout_is_a_devices_own_whatever_its_port_or_ae_title() -> None:
     assert source("::1:40001") == source("::1:50000") != source("::2:40001")
     assert source("10.0.0.5:40001") != source("10.0.0.5:40001", ae="MR_SCANNER")
     assert source("10.0.0.5:1") != source("10.0.0.5:1", syntax=ImplicitVRLittleEndian)
+
+
+def test_a_deflated_data_set_cut_short_does_not_end() -> None:
+    """PS3.5 §A.5: one deflate stream, inflated in bounded memory whatever it holds."""
+    dfl = dataset_bytes(TEST_FILES / "image_dfl.dcm")
+    assert deflate_cut_off(dfl) is None
+    assert deflate_cut_off(dfl[: len(dfl) // 2]) == "its deflate stream"
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = compressor.compress(bytes(256 << 20)) + compressor.flush()  # 256 MB of zeros
+    assert len(bomb) < 1 << 20
+    tracemalloc.start()
+    try:
+        assert deflate_cut_off(bomb) is None
+        assert deflate_cut_off(bomb[:-100]) == "its deflate stream"
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak

@@ -129,8 +129,8 @@ def test_sending_files_as_they_are_never_imports_pydicom(
 def test_a_file_cut_short_is_not_sent(tmp_path: Path) -> None:
     """A file cut by a failed copy is refused before its command goes out, as
     storescu refuses it: a peer that does not walk data sets (pynetdicom's SCP
-    here) would store it as whole. Whether read by its series' layout, walked, or
-    larger than a read block."""
+    here) would store it as whole. Whether read by its series' layout, walked,
+    larger than a read block, or deflated."""
     folder = tmp_path / "exam"
     files = _generated(folder, 6)
     ds = _instance("1.2.840.10008.5.1.4.1.1.7", generate_uid())
@@ -144,15 +144,18 @@ def test_a_file_cut_short_is_not_sent(tmp_path: Path) -> None:
         data = path.read_bytes()
         path.write_bytes(data[: int(len(data) * keep) & ~1])  # even: no padding byte
     shutil.copy(TEST_FILES / "MR_truncated.dcm", folder)  # pydicom's own, cut in its pixels
+    deflated = (TEST_FILES / "image_dfl.dcm").read_bytes()
+    (folder / "deflated.dcm").write_bytes(deflated[: len(deflated) * 2 // 3])
     results, scp = _send_to_pynetdicom(folder)
     outcome = {Path(r.source).name: (r.kind, r.description) for r in results}
-    not_sent = (
-        Kind.NOT_SENT,
-        "not sent: the file is cut short: its data set ends inside (7FE0,0010)",
-    )
+    not_sent = "not sent: the file is cut short: its data set ends inside"
     assert outcome == {
         **{path.name: (Kind.SUCCESS, "0000 Success") for path in files[:4]},
-        **dict.fromkeys(("004.dcm", "005.dcm", "large.dcm", "MR_truncated.dcm"), not_sent),
+        **dict.fromkeys(
+            ("004.dcm", "005.dcm", "large.dcm", "MR_truncated.dcm"),
+            (Kind.NOT_SENT, f"{not_sent} (7FE0,0010)"),
+        ),
+        "deflated.dcm": (Kind.NOT_SENT, f"{not_sent} its deflate stream"),
     }
     assert set(scp.received) == {open_dicom_file(path).sop_instance_uid for path in files[:4]}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import mmap
 import struct
+import zlib
 from collections.abc import Iterator, Mapping
 
 from dimse.sop_classes import (
@@ -38,6 +39,7 @@ DATA_SET_END = 0xFFFFFFFF
 _IMPLICIT = struct.Struct("<HHI")  # tag, 32-bit length; items in any encoding
 _EXPLICIT = struct.Struct("<HH2sH")  # tag, VR, 16-bit length
 LONG_LENGTH = struct.Struct("<I")
+_INFLATE_BLOCK = 1 << 20
 
 
 #: Deflated, implicit VR, little endian (PS3.5 §A.1-A.5).
@@ -159,6 +161,20 @@ def cut_off(buf: Buffer, at: int, implicit: bool) -> str | None:
     except Unscannable:
         return None
     return None
+
+
+def deflate_cut_off(buf: Buffer) -> str | None:
+    """A deflated data set is one raw deflate stream (PS3.5 §A.5): cut short, the
+    stream does not end. Inflated a block at a time, and dropped: a few kilobytes
+    may inflate to gigabytes."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    with memoryview(buf) as view:
+        for start in range(0, len(view), _INFLATE_BLOCK):
+            pending: bytes | memoryview = view[start : start + _INFLATE_BLOCK]
+            while pending and not inflater.eof:
+                inflater.decompress(pending, _INFLATE_BLOCK)
+                pending = inflater.unconsumed_tail
+    return None if inflater.eof else "its deflate stream"
 
 
 def scan_text(

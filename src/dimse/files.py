@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from dimse.elements import DATA_SET_END, cut_off, encoding
+from dimse.elements import DATA_SET_END, cut_off, deflate_cut_off, encoding
 from dimse.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dimse.shapes import HeaderShapes
 from dimse.sop_classes import MEDIA_STORAGE_DIRECTORY
@@ -134,15 +134,16 @@ def cut_short(
     """What the data set of `size` bytes at `offset` in the file `fd` ends inside,
     if it is cut short (dimse.elements.cut_off): `head` is its first bytes, read
     from the file when they do not hold it whole. A whole `head` is read by
-    `shapes` (one made with DATA_SET_END) when it fits `source`'s layout.
-    Little Endian, not deflated."""
+    `shapes` (one made with DATA_SET_END) when it fits `source`'s layout."""
     try:
         deflated, implicit, little_endian = encoding(transfer_syntax)
     except ValueError:  # not a transfer syntax pydicom knows: not walked
         return None
-    if deflated or not little_endian:
+    if not little_endian:  # Explicit VR Big Endian, retired (PS3.5 §A.3): not walked
         return None
     if len(head) >= size:
+        if deflated:
+            return deflate_cut_off(head)
         if shapes is not None and shapes.scan(source, head, implicit, True) is not None:
             return None
         return cut_off(head, 0, implicit)
@@ -151,7 +152,7 @@ def cut_short(
         memoryview(mapped) as whole,
         whole[offset : offset + size] as data,
     ):
-        return cut_off(data, 0, implicit)
+        return deflate_cut_off(data) if deflated else cut_off(data, 0, implicit)
 
 
 class WholeDataSets:
