@@ -161,7 +161,8 @@ def test_a_file_cut_short_is_not_sent(tmp_path: Path) -> None:
 
 
 def test_implicit_only_peer_gets_converted_files(processes: Processes, tmp_path: Path) -> None:
-    """Explicit and big endian files are converted; JPEG-LS only where a decoder exists."""
+    """Explicit and big endian files are converted; JPEG-LS only where a decoder exists;
+    not one cut short, which pydicom would read, its pixels short."""
     port, out = free_port(), tmp_path / "storescp"
     out.mkdir()
     processes.server([require("storescp"), "+xi", "-od", out, port], port)
@@ -169,7 +170,13 @@ def test_implicit_only_peer_gets_converted_files(processes: Processes, tmp_path:
     client = Client("127.0.0.1", port)
     for name in names:
         client.add_request(TEST_FILES / name)
+    client.add_request(TEST_FILES / "MR_truncated.dcm")
     results = {Path(r.source).name: r for r in client.send_sync()}
+    cut = results["MR_truncated.dcm"]
+    assert (cut.kind, cut.description) == (
+        Kind.NOT_SENT,
+        "not sent: the file is cut short: its data set ends inside (7FE0,0010)",
+    )
     received = stored_files(out)
     for name in names[:3]:
         assert results[name].kind is Kind.SUCCESS, results[name]

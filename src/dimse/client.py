@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeGuard
 from dimse import events as ev
 from dimse.connection import Connection
 from dimse.dimse import CEchoRQ, CEchoRSP, CStoreRQ, CStoreRSP, Message, Priority
-from dimse.files import DicomFile, NotDicomError, WholeDataSets, open_dicom_file
+from dimse.files import DicomFile, WholeDataSets, open_dicom_file
 from dimse.negotiation import (
     DEFAULT_MAX_PDU,
     AcceptedContext,
@@ -268,9 +268,7 @@ class ClientAssociation:
             fp.seek(file.dataset_offset)
             remaining = file.dataset_size
             data = fp.read(min(block, remaining))
-            inside = self._whole.cut_short(file, data, fp.fileno())
-            if inside is not None:
-                raise NotDicomError(f"the file is cut short: its data set ends inside {inside}")
+            self._whole.check(file, data, fp.fileno())
             connection.send_message(context_id, command)
             while True:
                 remaining -= len(data)

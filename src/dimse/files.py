@@ -164,18 +164,21 @@ class WholeDataSets:
     def __init__(self) -> None:
         self._shapes = HeaderShapes({}, DATA_SET_END)
 
-    def cut_short(self, file: DicomFile, first: bytes, fd: int) -> str | None:
-        """What `file`'s data set ends inside, if it does: `first` is its first
-        block as read, `fd` the file open for the rest."""
-        return cut_short(
+    def check(self, file: DicomFile, first: bytes, fd: int) -> None:
+        """NotDicomError if `file` is cut short: `first` is its data set's first
+        block as read (or nothing), `fd` the file open for the rest."""
+        syntax = file.transfer_syntax
+        inside = cut_short(
             first,
             fd,
             file.dataset_offset,
             file.dataset_size,
-            file.transfer_syntax,
+            syntax,
             self._shapes,
-            (file.sop_class_uid, file.transfer_syntax),
+            (file.sop_class_uid, syntax),
         )
+        if inside is not None:
+            raise NotDicomError(f"the file is cut short: its data set ends inside {inside}")
 
 
 def open_dicom_file(path: str | os.PathLike[str]) -> DicomFile:

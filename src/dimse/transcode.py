@@ -20,7 +20,7 @@ from pydicom.uid import UID
 
 from dimse.client import NoAcceptedContextError, RawDataSet
 from dimse.elements import encoding
-from dimse.files import DicomFile
+from dimse.files import DicomFile, WholeDataSets
 from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES, syntax_name
 
 
@@ -49,7 +49,9 @@ def _as_dataset(source: DicomFile | Dataset | RawDataSet) -> Dataset:
     if isinstance(source, Dataset):
         return source
     if isinstance(source, DicomFile):
-        return dcmread(source.path)
+        with source.path.open("rb") as fp:  # pydicom would read it, its pixels short
+            WholeDataSets().check(source, b"", fp.fileno())
+            return dcmread(fp)
     raw = source.data
     deflated, implicit, little_endian = encoding(source.transfer_syntax)
     if deflated:
