@@ -4,7 +4,8 @@ The sender streams a file's data set straight from disk, so it needs only the
 file meta (SOP class/instance, transfer syntax) and the offset where the data set
 starts; the receiver writes the peer's bytes behind a file meta of its own. Both
 are scanned and written here; pydicom reads only unusual file meta (imported
-then, not at start-up). Nothing here parses the data set.
+then, not at start-up). Nothing here parses the data set; it is only walked to
+its end, to tell a file cut short (cut_short()).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ Here the first two headers from a source are walked, and what changed between
 them makes a Shape that reads the next ones in a few C calls per run of elements.
 A header the shape does not fit is walked, and what changed joins what is known
 to change. Tests check the answers against scan_text's on pydicom's test files.
+Read to elements.DATA_SET_END (the archive, the sender's check), a shape covers
+the whole data set, whose last element must end where it does: one cut short
+fits neither the shape nor the walk.
 """
 
 from __future__ import annotations
