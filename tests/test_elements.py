@@ -398,3 +398,23 @@ def test_a_deflated_data_set_cut_short_does_not_end() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20, peak
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_sequences_nested_thousands_deep_are_walked_without_recursion(implicit: bool) -> None:
+    depth = 5000
+    if implicit:
+        opening = struct.pack("<HHI", 0x0040, 0xA730, 0xFFFFFFFF)
+    else:  # UN of undefined length: what it holds is implicit VR (PS3.5 §6.2.2)
+        opening = struct.pack("<HH2sHI", 0x0040, 0xA730, b"UN", 0, 0xFFFFFFFF)
+    inner = struct.pack("<HHI", 0x0040, 0xA730, 0xFFFFFFFF)  # implicit VR, both ways
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    data = opening + item + (inner + item) * (depth - 1) + closing * depth
+    assert [(tag, end) for tag, _, _, end in walk(data, 0, implicit)] == [(0x0040A730, -1)]
+    assert cut_off(data, 0, implicit) is None
+    assert cut_off(data[:-8], 0, implicit) == "a sequence"
+    halfway = len(opening + item + (inner + item) * (depth // 2))
+    assert cut_off(data[:halfway], 0, implicit) == "an item"
+    assert cut_off(data[: halfway + len(inner)], 0, implicit) == "a sequence"
+    assert cut_off(data[: halfway + 3], 0, implicit) == "an element header"

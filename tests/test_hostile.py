@@ -1111,6 +1111,36 @@ def test_store_of_an_unparseable_data_set(tmp_path: Path, data: bytes) -> None:
     run(scenario)
 
 
+def _nested(depth: int, closed: bool) -> bytes:
+    """(0040,A730) Content Sequences nested `depth` deep, each sequence and item of
+    undefined length (PS3.5 §7.5.2), then closed, or not (a data set cut short)."""
+    opening = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)
+    opening += struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return opening * depth + (closing * depth if closed else b"")
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["whole", "cut-short"])
+def test_a_data_set_nested_thousands_deep(tmp_path: Path, closed: bool) -> None:
+    """Sequences nested 5000 deep (~100 KB: the peer chooses) are walked without
+    recursion: the whole data set is stored, the one cut short gets C000. (With a
+    recursive walk they got 0110, a RecursionError's traceback in the log.)"""
+
+    async def scenario() -> None:
+        async with serving(tmp_path) as archive:
+            uid = generate_uid()
+            data = ct_bytes(ct_dataset(uid)) + _nested(5000, closed)
+            async with dimse.connect(
+                HOST, archive.port, called_ae=AE, contexts=[ProposedContext(CT, (EVLE,))]
+            ) as association:
+                response = await association.store(RawDataSet(CT, uid, EVLE, data))
+            assert response.status == (Status.SUCCESS if closed else Status.CANNOT_UNDERSTAND)
+            await archive.settled()
+            assert (uid in stored_files(tmp_path)) is closed
+
+    run(scenario)
+
+
 def test_store_whose_data_set_is_another_instance(tmp_path: Path) -> None:
     """PS3.4 §B.2.3 A900: the data set's SOP Instance UID is not the command's."""
 

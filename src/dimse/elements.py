@@ -76,6 +76,29 @@ class CutOff(Unscannable):
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 
+def _element_header(buf: Buffer, at: int, implicit: bool) -> tuple[int, int, int, bool]:
+    """The tag and length of the element (or item, or delimiter) at `at`, where its
+    value starts, and whether an undefined length there holds implicit VR
+    (§6.2.2: an undefined-length UN holds an implicit VR sequence)."""
+    if at + 8 > len(buf):
+        raise CutOff("an element header")
+    if implicit:
+        group, element, length = _IMPLICIT.unpack_from(buf, at)
+        return group << 16 | element, length, at + 8, True
+    group, element, vr, length = _EXPLICIT.unpack_from(buf, at)
+    tag = group << 16 | element
+    if group == 0xFFFE:  # items and delimiters have no VR (§7.5)
+        return tag, LONG_LENGTH.unpack_from(buf, at + 4)[0], at + 8, False
+    header = _HEADER_SIZE.get(vr)
+    if header == 12:
+        if at + 12 > len(buf):
+            raise CutOff("an element header")
+        return tag, LONG_LENGTH.unpack_from(buf, at + 8)[0], at + 12, vr == b"UN"
+    if header == 8 or (vr.isalpha() and vr.isupper()):
+        return tag, length, at + 8, False
+    raise Unscannable(f"no VR at {at}")
+
+
 def walk(buf: Buffer, at: int, implicit: bool) -> Iterator[tuple[int, int, int, int]]:
     """(tag, offset, value offset, value end) of each element from `at` at its level.
 
@@ -84,39 +107,12 @@ def walk(buf: Buffer, at: int, implicit: bool) -> Iterator[tuple[int, int, int, 
     one. A defined length may reach past the buffer: the caller checks `end`.
     Stops at the end of the buffer, or after yielding an item delimiter.
     """
-    size = len(buf)
-    # Bound methods in locals: this loop runs ~130 times per CT header received.
-    implicit_header, explicit_header = _IMPLICIT.unpack_from, _EXPLICIT.unpack_from
-    long_length = LONG_LENGTH.unpack_from
-    while at < size:
-        if at + 8 > size:
-            raise CutOff("an element header")
+    while at < len(buf):
         offset = at
-        un = False
-        if implicit:
-            group, element, length = implicit_header(buf, at)
-            at += 8
-        else:
-            group, element, vr, length = explicit_header(buf, at)
-            header = _HEADER_SIZE.get(vr)
-            if group == 0xFFFE:  # items and delimiters have no VR (§7.5)
-                (length,) = long_length(buf, at + 4)
-                at += 8
-            elif header == 12:
-                if at + 12 > size:
-                    raise CutOff("an element header")
-                (length,) = long_length(buf, at + 8)
-                at += 12
-                un = vr == b"UN"
-            elif header == 8 or (vr.isalpha() and vr.isupper()):
-                at += 8
-            else:
-                raise Unscannable(f"no VR at {at}")
-        tag = group << 16 | element
+        tag, length, at, nested_implicit = _element_header(buf, at, implicit)
         if length == UNDEFINED_LENGTH:
             yield tag, offset, at, -1
-            # §6.2.2: an undefined-length UN holds an implicit VR sequence.
-            at = skip_items(buf, at, implicit or un)
+            at = skip_items(buf, at, nested_implicit)
         else:
             yield tag, offset, at, at + length
             at += length
@@ -125,26 +121,41 @@ def walk(buf: Buffer, at: int, implicit: bool) -> Iterator[tuple[int, int, int, 
 
 
 def skip_items(buf: Buffer, at: int, implicit: bool) -> int:
-    """The offset past a sequence of undefined length (PS3.5 §7.5.2)."""
-    while True:
-        if at + 8 > len(buf):
-            raise CutOff("a sequence")
-        group, element, length = _IMPLICIT.unpack_from(buf, at)
-        tag = group << 16 | element
-        at += 8
-        if tag == SEQUENCE_END:
-            return at
-        if tag != ITEM:
-            raise Unscannable(f"not an item in a sequence at {at - 8}")
-        if length != UNDEFINED_LENGTH:
-            at += length
+    """The offset past a sequence of undefined length (PS3.5 §7.5.2).
+
+    Without recursion, whatever the nesting: the peer chooses it, and a few
+    thousand levels (~20 bytes each) exceeded Python's recursion limit.
+    """
+    # The sequences and undefined-length items open around `at`, innermost last:
+    # whether it is an item, and the encoding of what it holds.
+    open_: list[tuple[bool, bool]] = [(False, implicit)]
+    while open_:
+        in_item, encoding_implicit = open_[-1]
+        if not in_item:  # a sequence: items, then its delimiter
+            if at + 8 > len(buf):
+                raise CutOff("a sequence")
+            group, element, length = _IMPLICIT.unpack_from(buf, at)
+            tag = group << 16 | element
+            at += 8
+            if tag == SEQUENCE_END:
+                open_.pop()
+            elif tag != ITEM:
+                raise Unscannable(f"not an item in a sequence at {at - 8}")
+            elif length == UNDEFINED_LENGTH:
+                open_.append((True, encoding_implicit))
+            else:
+                at += length
             continue
-        for tag, _, _, end in walk(buf, at, implicit):
-            if tag == ITEM_END:
-                at = end
-                break
-        else:
+        if at >= len(buf):
             raise CutOff("an item")
+        tag, length, at, nested_implicit = _element_header(buf, at, encoding_implicit)
+        if tag == ITEM_END:
+            open_.pop()
+        elif length == UNDEFINED_LENGTH:
+            open_.append((False, nested_implicit))
+        else:
+            at += length
+    return at
 
 
 def cut_off(buf: Buffer, at: int, implicit: bool) -> str | None:
