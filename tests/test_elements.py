@@ -158,9 +158,14 @@ def test_read_header_falls_back_to_pydicom_for_a_character_set(tmp_path: Path) -
 @settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=300), implicit=st.booleans())
 def test_any_bytes_give_values_or_none(data: bytes, implicit: bool) -> None:
-    """Garbage never raises out of the scanner: it answers or leaves it to pydicom."""
-    values = scan_text(data, 0, implicit, header_tags(), LAST_HEADER_TAG, complete=True)
-    assert values is None or set(values) <= set(header_tags().values())
+    """Garbage never raises out of the scanner: it answers or leaves it to pydicom;
+    nor out of the walks for a data set's end."""
+    for last_tag in (LAST_HEADER_TAG, DATA_SET_END):
+        values = scan_text(data, 0, implicit, header_tags(), last_tag, complete=True)
+        assert values is None or set(values) <= set(header_tags().values())
+    inside = cut_off(data, 0, implicit)
+    assert inside in (None, "an element header", "a sequence", "an item") or inside[0] == "("
+    assert deflate_cut_off(data) in (None, "its deflate stream")
 
 
 def test_walk_reports_where_each_element_starts() -> None:

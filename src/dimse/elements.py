@@ -176,14 +176,17 @@ def cut_off(buf: Buffer, at: int, implicit: bool) -> str | None:
 
 def deflate_cut_off(buf: Buffer) -> str | None:
     """A deflated data set is one raw deflate stream (PS3.5 §A.5): cut short, the
-    stream does not end. Inflated a block at a time, and dropped: a few kilobytes
-    may inflate to gigabytes."""
+    stream does not end (None for one that is no deflate stream at all). Inflated
+    a block at a time, and dropped: a few kilobytes may inflate to gigabytes."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     with memoryview(buf) as view:
         for start in range(0, len(view), _INFLATE_BLOCK):
             pending: bytes | memoryview = view[start : start + _INFLATE_BLOCK]
             while pending and not inflater.eof:
-                inflater.decompress(pending, _INFLATE_BLOCK)
+                try:
+                    inflater.decompress(pending, _INFLATE_BLOCK)
+                except zlib.error:  # not deflate data: says nothing of its end
+                    return None
                 pending = inflater.unconsumed_tail
     return None if inflater.eof else "its deflate stream"
 
