@@ -54,7 +54,7 @@ from dimse.pdu import (
 )
 from dimse.server import DataSetSink, Outcome, StoreRequest
 from dimse.status import Category, Status, category
-from dimse.storage import TEMP_DIR, StorageProvider
+from dimse.storage import TEMP_DIR, StorageProvider, rebuild_index
 from dimse.transcode import encode_dataset
 from dimse.transport import Link
 
@@ -1124,11 +1124,12 @@ def _nested(depth: int, closed: bool) -> bytes:
 def test_a_data_set_nested_thousands_deep(tmp_path: Path, closed: bool) -> None:
     """Sequences nested 5000 deep (~100 KB: the peer chooses) are walked without
     recursion: the whole data set is stored, the one cut short gets C000. (With a
-    recursive walk they got 0110, a RecursionError's traceback in the log.)"""
+    recursive walk they got 0110, a RecursionError's traceback in the log.) An
+    index rebuilt from the files reads the stored one too (pydicom could not)."""
+    uid = generate_uid()
 
     async def scenario() -> None:
         async with serving(tmp_path) as archive:
-            uid = generate_uid()
             data = ct_bytes(ct_dataset(uid)) + _nested(5000, closed)
             async with dimse.connect(
                 HOST, archive.port, called_ae=AE, contexts=[ProposedContext(CT, (EVLE,))]
@@ -1139,6 +1140,7 @@ def test_a_data_set_nested_thousands_deep(tmp_path: Path, closed: bool) -> None:
             assert (uid in stored_files(tmp_path)) is closed
 
     run(scenario)
+    assert rebuild_index(tmp_path) == (int(closed), [])
 
 
 def test_store_whose_data_set_is_another_instance(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from dimse.elements import DATA_SET_END, encoding, scan_text
-from dimse.files import cut_short, file_meta_bytes
+from dimse.files import cut_short, file_meta_bytes, open_dicom_file
 from dimse.index import Index, Instance, header_tags, is_damage
 from dimse.policies import DuplicatePolicy, Layout, SyncMode
 from dimse.server import Outcome, Peer, ServiceProvider, StoreRequest
@@ -640,17 +640,24 @@ def archived_files(root: Path) -> Iterable[Path]:
 
 
 def read_instance(root: Path, path: Path) -> Instance:
-    """Index entry of a stored file, from its header (never its pixel data)."""
-    from pydicom import dcmread
+    """Index entry of a stored file, from its header (never its pixel data), read as
+    it was when it arrived (read_header(): pydicom parses only what the scanner
+    leaves to it, and could not parse sequences nested as deep as a peer may send)."""
+    from pydicom.filereader import read_file_meta_info
 
-    ds = dcmread(path, stop_before_pixels=True)
+    meta = read_file_meta_info(path)
+    file = open_dicom_file(path)
+    with path.open("rb") as fp:
+        fp.seek(file.dataset_offset)
+        head = fp.read(HEAD_SIZE)
+    header = read_header(head, file.dataset_size, file.transfer_syntax, str(path))
     stat = path.stat()
     return Instance.from_header(
-        ds,
-        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+        header,
+        transfer_syntax=file.transfer_syntax,
         path=str(path.relative_to(root)),
         size=stat.st_size,
-        calling_ae=str(ds.file_meta.get("SourceApplicationEntityTitle", "")).strip(),
+        calling_ae=str(meta.get("SourceApplicationEntityTitle", "")).strip(),
         received=stat.st_mtime,
     )
 
@@ -687,13 +694,11 @@ def check_index(root: Path) -> IndexReport:
 def rebuild_index(root: Path) -> tuple[int, list[str]]:
     """Recreate the index from the files; returns the count and the unreadable files.
     An index too damaged to read is set aside (kept for a look), not repaired."""
-    from pydicom.errors import InvalidDicomError
-
     instances, unreadable = [], []
     for path in archived_files(root):
         try:
             instances.append(read_instance(root, path))
-        except (OSError, InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as error:
+        except Exception as error:  # pydicom's parse errors have no common base class
             unreadable.append(f"{path.relative_to(root)}: {error}")
     path = root / INDEX_FILE
     try:
