@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import struct
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import get_decoder
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 import dimse
 from conftest import (
@@ -191,6 +192,40 @@ def test_implicit_only_peer_gets_converted_files(processes: Processes, tmp_path:
         assert jpeg_ls.kind is Kind.NOT_SENT
         assert "cannot be decompressed" in jpeg_ls.description
         assert open_dicom_file(TEST_FILES / names[3]).sop_instance_uid not in received
+
+
+def test_a_file_pydicom_cannot_read_is_reported_when_it_must_be_converted(
+    tmp_path: Path,
+) -> None:
+    """Sequences nested 5000 deep are whole (they are sent as they are where the
+    peer accepts the file's syntax), but pydicom cannot read them to convert the
+    file: that file is not sent, with the reason, and the others are."""
+    folder = tmp_path / "exam"
+    good, deep = _generated(folder, 2)
+    opening = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)
+    opening += struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    data = deep.read_bytes()
+    pixels = data.rindex(struct.pack("<HH", 0x7FE0, 0x0010))  # sequences before the pixels
+    deep.write_bytes(data[:pixels] + opening * 5000 + closing * 5000 + data[pixels:])
+    implicit_only = {"1.2.840.10008.5.1.4.1.1.7": frozenset({ImplicitVRLittleEndian})}
+
+    async def send() -> list[StoreResult]:
+        provider = StorageProvider(tmp_path / "archive")
+        try:
+            options = dimse.ServerOptions(syntaxes=implicit_only)
+            async with dimse.Server(provider, "127.0.0.1", 0, options) as server:
+                client = Client("127.0.0.1", server.port, called_ae="DIMSE")
+                client.add_request(folder)
+                return await client.send()
+        finally:
+            provider.close()
+
+    outcome = {Path(r.source).name: (r.kind, r.description) for r in asyncio.run(send())}
+    assert outcome[good.name] == (Kind.SUCCESS, "0000 Success")
+    kind, description = outcome[deep.name]
+    assert kind is Kind.NOT_SENT
+    assert description.startswith("not sent: cannot be converted for the peer: maximum recursion")
 
 
 def _generated(folder: Path, count: int) -> list[Path]:

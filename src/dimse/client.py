@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeGuard
 from dimse import events as ev
 from dimse.connection import Connection
 from dimse.dimse import CEchoRQ, CEchoRSP, CStoreRQ, CStoreRSP, Message, Priority
-from dimse.files import DicomFile, WholeDataSets, open_dicom_file
+from dimse.files import DicomFile, NotDicomError, WholeDataSets, open_dicom_file
 from dimse.negotiation import (
     DEFAULT_MAX_PDU,
     AcceptedContext,
@@ -219,7 +219,12 @@ class ClientAssociation:
             raise NoAcceptedContextError(f"the peer accepted no context for {sop_class}{wanted}")
         from dimse.transcode import convert
 
-        payload = await asyncio.to_thread(convert, source, syntax, context.transfer_syntax)
+        try:
+            payload = await asyncio.to_thread(convert, source, syntax, context.transfer_syntax)
+        except (NoAcceptedContextError, NotDicomError):
+            raise
+        except Exception as error:  # pydicom's parse errors have no common base class
+            raise NotDicomError(f"cannot be converted for the peer: {error}") from error
         return sop_class, sop_instance, context, payload
 
     async def _request(
