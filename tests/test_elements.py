@@ -25,6 +25,7 @@ from pydicom.uid import (
 
 from conftest import TEST_FILES, dataset_bytes
 from dimse.elements import (
+    CUT_OFF_STEPS,
     DATA_SET_END,
     Unscannable,
     cut_off,
@@ -423,3 +424,16 @@ def test_sequences_nested_thousands_deep_are_walked_without_recursion(implicit: 
     assert cut_off(data[:halfway], 0, implicit) == "an item"
     assert cut_off(data[: halfway + len(inner)], 0, implicit) == "a sequence"
     assert cut_off(data[: halfway + 3], 0, implicit) == "an element header"
+
+
+def test_the_walk_for_a_data_set_end_passes_a_bounded_number_of_elements() -> None:
+    """A peer's megabytes of 8-byte elements would hold the filing thread for seconds:
+    past CUT_OFF_STEPS elements or items, nested ones included, the walk gives up
+    and says nothing of the end."""
+    empty = struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", 0)  # a private element, empty
+    assert cut_off((empty * 1000)[:-3], 0, False) == "an element header"
+    assert cut_off((empty * (CUT_OFF_STEPS + 1))[:-3], 0, False) is None
+    sequence = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0)  # empty, of defined length
+    assert cut_off(sequence + item * 1000, 0, False) == "a sequence"
+    assert cut_off(sequence + item * CUT_OFF_STEPS, 0, False) is None

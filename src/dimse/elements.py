@@ -11,6 +11,7 @@ falls back to pydicom; tests compare the two on pydicom's own test files.
 from __future__ import annotations
 
 import functools
+import itertools
 import mmap
 import struct
 import zlib
@@ -75,6 +76,14 @@ class CutOff(Unscannable):
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
+_ENDLESS: Iterator[object] = itertools.repeat(None)
+_SPENT = object()
+#: Elements and items cut_off() passes at most (~0.1 s here): a peer may send a large
+#: data set of 8-byte elements, and its walk would hold the filing thread for
+#: seconds. A real header has a few hundred; deep functional groups of undefined
+#: lengths may have more, and are then left unchecked.
+CUT_OFF_STEPS = 100_000
+
 
 def _element_header(buf: Buffer, at: int, implicit: bool) -> tuple[int, int, int, bool]:
     """The tag and length of the element (or item, or delimiter) at `at`, where its
@@ -99,20 +108,25 @@ def _element_header(buf: Buffer, at: int, implicit: bool) -> tuple[int, int, int
     raise Unscannable(f"no VR at {at}")
 
 
-def walk(buf: Buffer, at: int, implicit: bool) -> Iterator[tuple[int, int, int, int]]:
+def walk(
+    buf: Buffer, at: int, implicit: bool, steps: Iterator[object] = _ENDLESS
+) -> Iterator[tuple[int, int, int, int]]:
     """(tag, offset, value offset, value end) of each element from `at` at its level.
 
     An element of undefined length (PS3.5 §7.5.2: a sequence, or encapsulated
     pixel data) yields end -1 and is skipped when the caller asks for the next
     one. A defined length may reach past the buffer: the caller checks `end`.
-    Stops at the end of the buffer, or after yielding an item delimiter.
+    Stops at the end of the buffer, or after yielding an item delimiter. One of
+    `steps` is taken per element or item passed, nested ones included; Unscannable
+    when they run out.
     """
     while at < len(buf):
+        _step(steps)
         offset = at
         tag, length, at, nested_implicit = _element_header(buf, at, implicit)
         if length == UNDEFINED_LENGTH:
             yield tag, offset, at, -1
-            at = skip_items(buf, at, nested_implicit)
+            at = skip_items(buf, at, nested_implicit, steps)
         else:
             yield tag, offset, at, at + length
             at += length
@@ -120,8 +134,11 @@ def walk(buf: Buffer, at: int, implicit: bool) -> Iterator[tuple[int, int, int, 
             return
 
 
-def skip_items(buf: Buffer, at: int, implicit: bool) -> int:
-    """The offset past a sequence of undefined length (PS3.5 §7.5.2).
+def skip_items(
+    buf: Buffer, at: int, implicit: bool, steps: Iterator[object] = _ENDLESS
+) -> int:
+    """The offset past a sequence of undefined length (PS3.5 §7.5.2); one of
+    `steps` taken per element or item passed (see walk()).
 
     Without recursion, whatever the nesting: the peer chooses it, and a few
     thousand levels (~20 bytes each) exceeded Python's recursion limit.
@@ -130,6 +147,7 @@ def skip_items(buf: Buffer, at: int, implicit: bool) -> int:
     # whether it is an item, and the encoding of what it holds.
     open_: list[tuple[bool, bool]] = [(False, implicit)]
     while open_:
+        _step(steps)
         in_item, encoding_implicit = open_[-1]
         if not in_item:  # a sequence: items, then its delimiter
             if at + 8 > len(buf):
@@ -158,13 +176,19 @@ def skip_items(buf: Buffer, at: int, implicit: bool) -> int:
     return at
 
 
+def _step(steps: Iterator[object]) -> None:
+    if next(steps, _SPENT) is _SPENT:
+        raise Unscannable("more elements than this walk may pass")
+
+
 def cut_off(buf: Buffer, at: int, implicit: bool) -> str | None:
     """What the data set from `at` to the end of `buf` ends inside, if it is cut
     short (a file cut in its pixel data still has the header the index reads).
     None when its last element ends where it ends, or when it holds what walk()
-    cannot pass, which says nothing of its end."""
+    cannot pass (or more than CUT_OFF_STEPS elements), which says nothing of its
+    end."""
     try:
-        for tag, _, _, end in walk(buf, at, implicit):
+        for tag, _, _, end in walk(buf, at, implicit, iter(range(CUT_OFF_STEPS))):
             if end > len(buf):
                 return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
     except CutOff as error:
