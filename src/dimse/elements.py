@@ -134,9 +134,7 @@ def walk(
             return
 
 
-def skip_items(
-    buf: Buffer, at: int, implicit: bool, steps: Iterator[object] = _ENDLESS
-) -> int:
+def skip_items(buf: Buffer, at: int, implicit: bool, steps: Iterator[object] = _ENDLESS) -> int:
     """The offset past a sequence of undefined length (PS3.5 §7.5.2); one of
     `steps` taken per element or item passed (see walk()).
 
