@@ -18,6 +18,7 @@ import resource
 import shlex
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -622,6 +623,29 @@ def test_a_data_set_cut_short_is_refused_and_the_others_are_stored(
     assert list((root / TEMP_DIR).iterdir()) == []
     archive.stop()
     assert archive.output.text.count("the data set ends inside (7FE0,0010)") == 3
+
+
+def test_an_odd_data_set_arrives_padded_and_is_whole(processes: Processes, tmp_path: Path) -> None:
+    """An odd-length last value (against PS3.5 §7.1.1, but written by some devices)
+    makes an odd data set, which its sender pads with a NUL (PDVs carry even
+    lengths): that byte is no element cut short. Held in memory or streamed."""
+    small = make_instance(tmp_path / "small.dcm")
+    large = make_instance(tmp_path / "large.dcm", rows=400, columns=400)
+    odd_padding = struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 3) + b"abc"
+    archive = serve(processes, tmp_path / "archive")
+
+    async def send() -> list[int]:
+        contexts = [dimse.ProposedContext(CT, (ExplicitVRLittleEndian,))]
+        async with dimse.connect(HOST, archive.port, called_ae="DIMSE", contexts=contexts) as assoc:
+            statuses = []
+            for path in (small, large):
+                data = dataset_bytes(path) + odd_padding
+                raw = dimse.RawDataSet(CT, header(path).sop, ExplicitVRLittleEndian, data)
+                statuses.append((await assoc.store(raw)).status)
+            return statuses
+
+    assert asyncio.run(send()) == [0, 0]
+    assert set(indexed(archive.root)) == {header(small).sop, header(large).sop}
 
 
 def test_the_sender_names_the_data_set_instance_not_the_file_meta(

@@ -437,3 +437,17 @@ def test_the_walk_for_a_data_set_end_passes_a_bounded_number_of_elements() -> No
     item = struct.pack("<HHI", 0xFFFE, 0xE000, 0)  # empty, of defined length
     assert cut_off(sequence + item * 1000, 0, False) == "a sequence"
     assert cut_off(sequence + item * CUT_OFF_STEPS, 0, False) is None
+
+
+def test_the_pad_of_an_odd_data_set_is_not_an_element_cut_short() -> None:
+    """PDVs carry even lengths (PS3.8 §9.3.5.1): an odd data set (an odd-length
+    value) arrives with one NUL more, which cut_off() leaves out."""
+    odd = struct.pack("<HH2sH", 0x0010, 0x0010, b"PN", 3) + b"A^B"
+    assert cut_off(odd, 0, False) is None
+    assert cut_off(odd + b"\0", 0, False) is None
+    assert cut_off(odd + b"\1", 0, False) == "an element header"
+    assert cut_off(odd[:-2] + b"\0", 0, False) == "(0010,0010)"  # even, cut: no pad
+    sequence = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)
+    sequence += struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)  # empty, of undefined length
+    assert cut_off(odd + sequence + b"\0", 0, False) is None
+    assert cut_off(odd + sequence[:-2] + b"\0", 0, False) == "a sequence"

@@ -185,6 +185,18 @@ def cut_off(buf: Buffer, at: int, implicit: bool) -> str | None:
     None when its last element ends where it ends, or when it holds what walk()
     cannot pass (or more than CUT_OFF_STEPS elements), which says nothing of its
     end."""
+    inside = _ends_inside(buf, at, implicit)
+    size = len(buf)
+    if inside == "an element header" and (size - at) % 2 == 0 and buf[size - 1] == 0:
+        # An odd data set (an odd-length value, against PS3.5 §7.1.1) arrives with a
+        # NUL more: PDVs carry even lengths (PS3.8 §9.3.5.1). No element is cut.
+        with memoryview(buf) as whole, whole[: size - 1] as unpadded:
+            if _ends_inside(unpadded, at, implicit) is None:
+                return None
+    return inside
+
+
+def _ends_inside(buf: Buffer, at: int, implicit: bool) -> str | None:
     try:
         for tag, _, _, end in walk(buf, at, implicit, iter(range(CUT_OFF_STEPS))):
             if end > len(buf):
