@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import contextlib
 import io
+import random
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydicom import dcmread
-from pydicom.dataset import FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID, MediaStorageDirectoryStorage
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+    generate_uid,
+)
 
 from conftest import SAMPLE_FILES, TEST_FILES
 from dimse.files import (
     PREAMBLE,
     FileScanner,
     NotDicomError,
+    WholeDataSets,
     file_meta_bytes,
     open_dicom_file,
 )
@@ -177,3 +184,32 @@ def test_the_data_set_names_the_instance_when_the_file_meta_disagrees() -> None:
     file = open_dicom_file(rtplan)
     assert (file.sop_class_uid, file.sop_instance_uid) == (ds.SOPClassUID, ds.SOPInstanceUID)
     assert file.sop_instance_uid != ds.file_meta.MediaStorageSOPInstanceUID
+
+
+def test_a_large_deflated_file_cut_short_is_found_through_its_mapping(tmp_path: Path) -> None:
+    """Over the sender's first block (1 MiB), the rest of a file is read through an
+    mmap; a deflated one is inflated from it a block at a time."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", generate_uid()
+    ds.PixelData = random.Random(5).randbytes(2 << 20)  # incompressible: 2 MiB deflated
+    ds["PixelData"].VR = "OB"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    whole, cut = tmp_path / "whole.dcm", tmp_path / "cut.dcm"
+    ds.save_as(whole, enforce_file_format=True)
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    checker = WholeDataSets()
+    for path in (whole, cut):
+        file = open_dicom_file(path)
+        with path.open("rb", buffering=0) as fp:
+            fp.seek(file.dataset_offset)
+            first = fp.read(1 << 20)
+            assert len(first) < file.dataset_size
+            if path is whole:
+                checker.check(file, first, fp.fileno())
+            else:
+                with pytest.raises(NotDicomError, match="ends inside its deflate stream"):
+                    checker.check(file, first, fp.fileno())
