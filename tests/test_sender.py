@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import struct
 import sys
@@ -159,6 +160,35 @@ def test_a_file_cut_short_is_not_sent(tmp_path: Path) -> None:
         "deflated.dcm": (Kind.NOT_SENT, f"{not_sent} its deflate stream"),
     }
     assert set(scp.received) == {open_dicom_file(path).sop_instance_uid for path in files[:4]}
+
+
+def test_a_file_that_changes_after_it_was_located_is_not_sent(tmp_path: Path) -> None:
+    """Files are located when added and sent later: one cut or emptied meanwhile is
+    reported with both sizes, and the others are sent."""
+    files = _generated(tmp_path / "exam", 4)
+    sizes = [path.stat().st_size for path in files]
+
+    async def send() -> list[StoreResult]:
+        provider = StorageProvider(tmp_path / "archive")
+        try:
+            async with dimse.Server(provider, "127.0.0.1", 0) as server:
+                client = Client("127.0.0.1", server.port, called_ae="DIMSE")
+                client.add_request(tmp_path / "exam")
+                os.truncate(files[0], sizes[0] // 2)
+                os.truncate(files[1], 0)
+                return await client.send()
+        finally:
+            provider.close()
+
+    outcome = {Path(r.source).name: (r.kind, r.description) for r in asyncio.run(send())}
+    changed = "not sent: the file changed since it was read"
+    assert outcome == {
+        files[0].name: (Kind.NOT_SENT, f"{changed} ({sizes[0] // 2} bytes, {sizes[0]} then)"),
+        files[1].name: (Kind.NOT_SENT, f"{changed} (0 bytes, {sizes[1]} then)"),
+        files[2].name: (Kind.SUCCESS, "0000 Success"),
+        files[3].name: (Kind.SUCCESS, "0000 Success"),
+    }
+    assert len(stored_files(tmp_path / "archive")) == 2
 
 
 def test_implicit_only_peer_gets_converted_files(processes: Processes, tmp_path: Path) -> None:

@@ -166,8 +166,13 @@ class WholeDataSets:
         self._shapes = HeaderShapes({}, DATA_SET_END)
 
     def check(self, file: DicomFile, first: bytes, fd: int) -> None:
-        """NotDicomError if `file` is cut short: `first` is its data set's first
-        block as read (or nothing), `fd` the file open for the rest."""
+        """NotDicomError if `file` is cut short, or no longer the size it had when
+        it was located: `first` is its data set's first block as read (or
+        nothing), `fd` the file open for the rest."""
+        if len(first) < file.dataset_size and (size := os.fstat(fd).st_size) != file.size:
+            raise NotDicomError(
+                f"the file changed since it was read ({size} bytes, {file.size} then)"
+            )
         syntax = file.transfer_syntax
         inside = cut_short(
             first,
