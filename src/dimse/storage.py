@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from dimse.elements import DATA_SET_END, encoding, scan_text
-from dimse.files import cut_short, file_meta_bytes, open_dicom_file
+from dimse.files import cut_short, file_meta_bytes
 from dimse.index import Index, Instance, header_tags, is_damage
 from dimse.policies import DuplicatePolicy, Layout, SyncMode
 from dimse.server import Outcome, Peer, ServiceProvider, StoreRequest
@@ -643,18 +643,19 @@ def read_instance(root: Path, path: Path) -> Instance:
     """Index entry of a stored file, from its header (never its pixel data), read as
     it was when it arrived (read_header(): pydicom parses only what the scanner
     leaves to it, and could not parse sequences nested as deep as a peer may send)."""
-    from pydicom.filereader import read_file_meta_info
+    from pydicom.filereader import _read_file_meta_info, read_preamble
 
-    meta = read_file_meta_info(path)
-    file = open_dicom_file(path)
-    with path.open("rb") as fp:
-        fp.seek(file.dataset_offset)
+    with path.open("rb") as fp:  # one open, one read of the file meta
+        read_preamble(fp, force=False)
+        meta = _read_file_meta_info(fp)
+        offset = fp.tell()
         head = fp.read(HEAD_SIZE)
-    header = read_header(head, file.dataset_size, file.transfer_syntax, str(path))
-    stat = path.stat()
+        stat = os.fstat(fp.fileno())
+    syntax = str(meta.TransferSyntaxUID)
+    header = read_header(head, stat.st_size - offset, syntax, str(path))
     return Instance.from_header(
         header,
-        transfer_syntax=file.transfer_syntax,
+        transfer_syntax=syntax,
         path=str(path.relative_to(root)),
         size=stat.st_size,
         calling_ae=str(meta.get("SourceApplicationEntityTitle", "")).strip(),
