@@ -74,6 +74,9 @@ class CutOff(Unscannable):
     """The bytes end inside what the message names."""
 
 
+_IN_A_HEADER = "an element header"  # what CutOff names when the bytes end inside one
+
+
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 _ENDLESS: Iterator[object] = itertools.repeat(None)
@@ -90,7 +93,7 @@ def _element_header(buf: Buffer, at: int, implicit: bool) -> tuple[int, int, int
     value starts, and whether an undefined length there holds implicit VR
     (§6.2.2: an undefined-length UN holds an implicit VR sequence)."""
     if at + 8 > len(buf):
-        raise CutOff("an element header")
+        raise CutOff(_IN_A_HEADER)
     if implicit:
         group, element, length = _IMPLICIT.unpack_from(buf, at)
         return group << 16 | element, length, at + 8, True
@@ -101,7 +104,7 @@ def _element_header(buf: Buffer, at: int, implicit: bool) -> tuple[int, int, int
     header = _HEADER_SIZE.get(vr)
     if header == 12:
         if at + 12 > len(buf):
-            raise CutOff("an element header")
+            raise CutOff(_IN_A_HEADER)
         return tag, LONG_LENGTH.unpack_from(buf, at + 8)[0], at + 12, vr == b"UN"
     if header == 8 or (vr.isalpha() and vr.isupper()):
         return tag, length, at + 8, False
@@ -187,7 +190,7 @@ def cut_off(buf: Buffer, at: int, implicit: bool) -> str | None:
     end."""
     inside = _ends_inside(buf, at, implicit)
     size = len(buf)
-    if inside == "an element header" and (size - at) % 2 == 0 and buf[size - 1] == 0:
+    if inside == _IN_A_HEADER and (size - at) % 2 == 0 and buf[size - 1] == 0:
         # An odd data set (an odd-length value, against PS3.5 §7.1.1) arrives with a
         # NUL more: PDVs carry even lengths (PS3.8 §9.3.5.1). No element is cut.
         with memoryview(buf) as whole, whole[: size - 1] as unpadded:
