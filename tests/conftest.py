@@ -6,6 +6,7 @@ import functools
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -140,6 +141,16 @@ def run(args: Sequence[str | Path], timeout: float = 120) -> subprocess.Complete
     return subprocess.run(
         [str(a) for a in args], env=PEER_ENV, capture_output=True, text=True, timeout=timeout
     )
+
+
+def nested_sequences(depth: int, closed: bool = True) -> bytes:
+    """(0040,A730) Content Sequences nested `depth` deep in Explicit VR Little Endian,
+    each sequence and item of undefined length (PS3.5 §7.5.2), then closed, or not
+    (a data set cut short)."""
+    opening = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)
+    opening += struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return opening * depth + (closing * depth if closed else b"")
 
 
 def dataset_bytes(path: Path) -> bytes:

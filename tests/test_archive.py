@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
@@ -293,6 +293,20 @@ def statuses(output: str) -> dict[str, str]:
     return found
 
 
+def store_each(
+    port: int, sources: Sequence[Path | dimse.RawDataSet], contexts: list[dimse.ProposedContext]
+) -> list[tuple[int, str | None]]:
+    """C-STORE each source in turn on one association (`dimse.connect`): each
+    response's status and error comment."""
+
+    async def send() -> list[tuple[int, str | None]]:
+        async with dimse.connect(HOST, port, called_ae="DIMSE", contexts=contexts) as assoc:
+            responses = [await assoc.store(source) for source in sources]
+        return [(response.status, response.error_comment) for response in responses]
+
+    return asyncio.run(send())
+
+
 def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Poll `condition` until it holds or `timeout` s have passed."""
     deadline = time.monotonic() + timeout
@@ -547,18 +561,15 @@ def test_sop_mismatch_is_refused_and_the_association_continues(
     sop = header(instance).sop
     archive = serve(processes, tmp_path / "archive")
 
-    async def send() -> list[int]:
-        contexts = [dimse.ProposedContext(c, (ExplicitVRLittleEndian,)) for c in (CT, MR)]
-        async with dimse.connect(HOST, archive.port, called_ae="DIMSE", contexts=contexts) as assoc:
-            statuses = []
-            for sop_class, sop_instance in ((MR, sop), (CT, generate_uid()), (CT, sop)):
-                raw = dimse.RawDataSet(sop_class, sop_instance, ExplicitVRLittleEndian, data)
-                statuses.append((await assoc.store(raw)).status)
-            return statuses
-
+    contexts = [dimse.ProposedContext(c, (ExplicitVRLittleEndian,)) for c in (CT, MR)]
+    sources = [
+        dimse.RawDataSet(sop_class, sop_instance, ExplicitVRLittleEndian, data)
+        for sop_class, sop_instance in ((MR, sop), (CT, generate_uid()), (CT, sop))
+    ]
     # The class, then the instance disagree with the data set; then the right names,
     # on the same association, after the two failures.
-    assert asyncio.run(send()) == [0xA900, 0xA900, 0]
+    statuses = [status for status, _ in store_each(archive.port, sources, contexts)]
+    assert statuses == [0xA900, 0xA900, 0]
     root = archive.root
     assert archive_files(root) == [study_path(root, instance)]
     assert set(indexed(root)) == {sop}
@@ -590,30 +601,23 @@ def test_a_data_set_cut_short_is_refused_and_the_others_are_stored(
     deflated = open_dicom_file(TEST_FILES / "image_dfl.dcm")
     archive = serve(processes, tmp_path / "archive")
 
-    async def send() -> list[tuple[int, str | None]]:
-        sources: list[Path | dimse.RawDataSet] = [*good]
-        for path, keep in cuts:
-            data = dataset_bytes(path)
-            cut = data[: int(len(data) * keep) & ~1]  # even: no padding byte
-            sources.append(dimse.RawDataSet(CT, header(path).sop, ExplicitVRLittleEndian, cut))
-        sources.append(large)
-        data = dataset_bytes(deflated.path)
-        cut = data[: len(data) * 2 // 3]
-        dfl = DeflatedExplicitVRLittleEndian
-        sop_class, sop = deflated.sop_class_uid, deflated.sop_instance_uid
-        sources.append(dimse.RawDataSet(sop_class, sop, dfl, cut))
-        contexts = [
-            dimse.ProposedContext(CT, (ExplicitVRLittleEndian,)),
-            dimse.ProposedContext(sop_class, (dfl,)),
-        ]
-        async with dimse.connect(HOST, archive.port, called_ae="DIMSE", contexts=contexts) as assoc:
-            return [
-                (response.status, response.error_comment)
-                for response in [await assoc.store(source) for source in sources]
-            ]
-
+    sources: list[Path | dimse.RawDataSet] = [*good]
+    for path, keep in cuts:
+        data = dataset_bytes(path)
+        cut = data[: int(len(data) * keep) & ~1]  # even: no padding byte
+        sources.append(dimse.RawDataSet(CT, header(path).sop, ExplicitVRLittleEndian, cut))
+    sources.append(large)
+    data = dataset_bytes(deflated.path)
+    cut = data[: len(data) * 2 // 3]
+    dfl = DeflatedExplicitVRLittleEndian
+    sop_class, sop = deflated.sop_class_uid, deflated.sop_instance_uid
+    sources.append(dimse.RawDataSet(sop_class, sop, dfl, cut))
+    contexts = [
+        dimse.ProposedContext(CT, (ExplicitVRLittleEndian,)),
+        dimse.ProposedContext(sop_class, (dfl,)),
+    ]
     inside = (0xC000, "data set ends inside (7FE0,0010)")
-    *answers, (status, comment) = asyncio.run(send())
+    *answers, (status, comment) = store_each(archive.port, sources, contexts)
     assert answers == [(0, None)] * 3 + [inside] * 3 + [(0, None)]
     # The deflated one is inflated whole by pydicom to read its header: that fails first.
     assert status == 0xC000 and comment and comment.startswith("cannot parse data set: Error -5")
@@ -634,17 +638,14 @@ def test_an_odd_data_set_arrives_padded_and_is_whole(processes: Processes, tmp_p
     odd_padding = struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 3) + b"abc"
     archive = serve(processes, tmp_path / "archive")
 
-    async def send() -> list[int]:
-        contexts = [dimse.ProposedContext(CT, (ExplicitVRLittleEndian,))]
-        async with dimse.connect(HOST, archive.port, called_ae="DIMSE", contexts=contexts) as assoc:
-            statuses = []
-            for path in (small, large):
-                data = dataset_bytes(path) + odd_padding
-                raw = dimse.RawDataSet(CT, header(path).sop, ExplicitVRLittleEndian, data)
-                statuses.append((await assoc.store(raw)).status)
-            return statuses
-
-    assert asyncio.run(send()) == [0, 0]
+    sources = [
+        dimse.RawDataSet(
+            CT, header(path).sop, ExplicitVRLittleEndian, dataset_bytes(path) + odd_padding
+        )
+        for path in (small, large)
+    ]
+    contexts = [dimse.ProposedContext(CT, (ExplicitVRLittleEndian,))]
+    assert store_each(archive.port, sources, contexts) == [(0, None), (0, None)]
     assert set(indexed(archive.root)) == {header(small).sop, header(large).sop}
 
 

@@ -32,7 +32,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import generate_uid
 
 import dimse
-from conftest import stored_files
+from conftest import nested_sequences, stored_files
 from dimse.client import RawDataSet
 from dimse.dimse import CEchoRQ, CStoreRQ, CStoreRSP, Message, decode_command, encode_command
 from dimse.negotiation import ProposedContext, build_request
@@ -1111,15 +1111,6 @@ def test_store_of_an_unparseable_data_set(tmp_path: Path, data: bytes) -> None:
     run(scenario)
 
 
-def _nested(depth: int, closed: bool) -> bytes:
-    """(0040,A730) Content Sequences nested `depth` deep, each sequence and item of
-    undefined length (PS3.5 §7.5.2), then closed, or not (a data set cut short)."""
-    opening = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)
-    opening += struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
-    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
-    return opening * depth + (closing * depth if closed else b"")
-
-
 @pytest.mark.parametrize("closed", [True, False], ids=["whole", "cut-short"])
 def test_a_data_set_nested_thousands_deep(tmp_path: Path, closed: bool) -> None:
     """Sequences nested 5000 deep (~100 KB: the peer chooses) are walked without
@@ -1130,7 +1121,7 @@ def test_a_data_set_nested_thousands_deep(tmp_path: Path, closed: bool) -> None:
 
     async def scenario() -> None:
         async with serving(tmp_path) as archive:
-            data = ct_bytes(ct_dataset(uid)) + _nested(5000, closed)
+            data = ct_bytes(ct_dataset(uid)) + nested_sequences(5000, closed)
             async with dimse.connect(
                 HOST, archive.port, called_ae=AE, contexts=[ProposedContext(CT, (EVLE,))]
             ) as association:

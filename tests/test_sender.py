@@ -24,6 +24,7 @@ from conftest import (
     dataset_bytes,
     dimse_command,
     free_port,
+    nested_sequences,
     require,
     run,
     stored_files,
@@ -232,12 +233,9 @@ def test_a_file_pydicom_cannot_read_is_reported_when_it_must_be_converted(
     file: that file is not sent, with the reason, and the others are."""
     folder = tmp_path / "exam"
     good, deep = _generated(folder, 2)
-    opening = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)
-    opening += struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
-    closing = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
     data = deep.read_bytes()
     pixels = data.rindex(struct.pack("<HH", 0x7FE0, 0x0010))  # sequences before the pixels
-    deep.write_bytes(data[:pixels] + opening * 5000 + closing * 5000 + data[pixels:])
+    deep.write_bytes(data[:pixels] + nested_sequences(5000) + data[pixels:])
     implicit_only = {"1.2.840.10008.5.1.4.1.1.7": frozenset({ImplicitVRLittleEndian})}
 
     async def send() -> list[StoreResult]:
