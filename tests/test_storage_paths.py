@@ -13,11 +13,12 @@ import pytest
 import dimse
 from conftest import SAMPLE_FILES, stored_files
 from dimse.client import contexts_for
+from dimse.durability import syncfs_call
 from dimse.files import open_dicom_file
 from dimse.index import Instance
 from dimse.policies import Layout, safe_name
 from dimse.server import AllowRule
-from dimse.storage import StorageProvider, syncfs_call
+from dimse.storage import StorageProvider
 
 HOSTILE = ["../../etc/passwd", "/abs/path", "..", ".", "", "a/b\\c", "x\0y", "  ", "~root", "C:\\x"]
 

@@ -53,7 +53,7 @@ class Layout(Enum):
 class SyncMode(Enum):
     """How a filing round makes its files durable before renaming them into place."""
 
-    FILE = "file"  # fsync each file, several at once on the sync threads: any system
+    FILE = "file"  # fsync each file, a round's all at once (dimse.durability): any system
     #: One syncfs(2) of the archive's file system per round, so one cache flush
     #: instead of one per file: ~20% more small images per second here. It also
     #: flushes what other programs wrote to that file system, so it suits an archive

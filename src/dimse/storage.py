@@ -12,14 +12,11 @@ path; leftovers in `.incoming` are removed at start-up.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import itertools
 import logging
 import os
-import re
 import sqlite3
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
@@ -30,6 +27,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from dimse.durability import file_syncer, fsync_dir, syncfs_call
 from dimse.elements import DATA_SET_END, encoding, scan_text
 from dimse.files import cut_short, file_meta_bytes
 from dimse.index import Index, Instance, header_tags, is_damage
@@ -58,21 +56,6 @@ INDEX_FILE = "index.sqlite"
 _T = TypeVar("_T")
 
 
-def syncfs_call() -> Callable[[int], None]:
-    """syncfs(2) through libc (Python has no binding); ValueError where unavailable."""
-    release = tuple(int(n) for n in re.findall(r"\d+", os.uname().release)[:2])
-    if sys.platform != "linux" or release < (5, 8):
-        raise ValueError("syncing the file system needs Linux 5.8 or later")
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def syncfs(fd: int) -> None:
-        if libc.syncfs(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-
-    return syncfs
-
-
 @dataclass(frozen=True, slots=True)
 class StoredInstance:
     """What a reception hook is told: the instance, where it is, who sent it."""
@@ -83,26 +66,12 @@ class StoredInstance:
 
 
 Filed = tuple[Outcome, Instance | None]  # a filing round's answer for one sink
-#: Temporary files of a filing round fsynced at once: concurrent fsyncs share the
-#: disk's cache flushes, and a journal's commits where there is one (1 -> 4 threads:
-#: 1750 -> 2400 files/s for 40 KB). With rounds of ~50 (a window of 128), 16 gave
-#: 5-7% less wall time than 4 in two A/B series of 12; 32 no more than 16.
-SYNC_THREADS = 16
 #: Files in one filing round at most: each is open from its creation to the end of
 #: the round, and many associations' windows (128 each) could otherwise open more
 #: files at once than the process may.
 MAX_ROUND = 256
 StoredHook = Callable[[StoredInstance], Awaitable[None]]
 StudyHook = Callable[[str, Path, Peer], Awaitable[None]]
-
-
-def fsync_dir(path: str | Path) -> None:
-    """Make a rename in `path` durable (POSIX needs the directory fsynced too)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, buffers: Sequence[bytes | memoryview]) -> None:
@@ -259,7 +228,7 @@ class FileSink:
         if self._held is not None:
             # Checked here, where its bytes are: the filing thread then only writes it.
             # Scanned on that thread, it waited on the GIL for the event loop and the
-            # sync threads (+15% images/s with --sync file, medians of 6).
+            # fsync threads of the time (+15% images/s with --sync file, medians of 6).
             request = self.request
             header = scan_header(
                 self._held_data_set(),
@@ -351,11 +320,9 @@ class FileSink:
             return Outcome(Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID mismatch")
         return None
 
-    def sync(self) -> None:
-        """fsync the file (SyncMode.FILE; on a sync thread). Closing it is left to
-        the filing thread: each system call a sync thread makes is one more hand-off
-        of the GIL (closing there cost ~8% of the throughput)."""
-        os.fsync(self._fd)
+    def fileno(self) -> int:
+        """The open temporary file, for the round's fsyncs (-1 once closed)."""
+        return self._fd
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -376,19 +343,6 @@ def _prepare(sink: FileSink) -> Instance | Outcome:
     except OSError as error:
         log.error("cannot store %s: %s", os.path.basename(sink.temp_path), error)
         return failure_for(error)
-
-
-def _sync_all(sinks: list[FileSink]) -> list[OSError | None]:
-    """sync() each, on a sync thread; a failure is its own file's, never the share's."""
-    errors: list[OSError | None] = []
-    for sink in sinks:
-        try:
-            sink.sync()
-        except OSError as error:
-            errors.append(error)
-        else:
-            errors.append(None)
-    return errors
 
 
 class StorageProvider(ServiceProvider):
@@ -423,8 +377,8 @@ class StorageProvider(ServiceProvider):
         self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)  # for syncfs
         # One thread files and indexes, so duplicate checks and renames never race.
         self._filer = ThreadPoolExecutor(1, thread_name_prefix="dimse-archive")
-        # The filing round's helpers: they fsync its files in parallel.
-        self._syncers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="dimse-fsync")
+        # SyncMode.FILE: each round's files are fsynced together (dimse.durability).
+        self._syncer = file_syncer() if self._syncfs is None else None
         self._studies: dict[str, dict[str, Path]] = {}
         self.holding = 0  # bytes of data sets held in memory by all sinks (HOLD_TOTAL)
         self._waiting: list[tuple[FileSink, asyncio.Future[Filed]]] = []
@@ -448,8 +402,9 @@ class StorageProvider(ServiceProvider):
             leftover.unlink()
 
     def close(self) -> None:
-        self._syncers.shutdown(wait=True)
-        self._filer.shutdown(wait=True)
+        self._filer.shutdown(wait=True)  # the last round, before what it uses goes
+        if self._syncer is not None:
+            self._syncer.close()
         self.index.close()
         os.close(self._root_fd)
 
@@ -493,7 +448,7 @@ class StorageProvider(ServiceProvider):
     async def _file_waiting(self) -> None:
         """Group commit: file everything that waits in one round, repeat while more come.
 
-        One round fsyncs its files on several threads at once, renames them,
+        One round fsyncs its files all at once (dimse.durability), renames them,
         fsyncs each folder once and indexes them in one transaction (one WAL
         fsync), so the cost of durability is shared by the instances that arrived
         together; each is answered after its round. The event loop hands over
@@ -592,14 +547,9 @@ class StorageProvider(ServiceProvider):
                 if sinks:
                     self._syncfs(self._root_fd)
                 return []
-            # One hand-off per sync thread, not per file: the files split evenly.
-            shares = [sinks[n::SYNC_THREADS] for n in range(min(SYNC_THREADS, len(sinks)))]
-            return [
-                (sink, error)
-                for share, errors in zip(shares, self._syncers.map(_sync_all, shares), strict=True)
-                for sink, error in zip(share, errors, strict=True)
-                if error is not None
-            ]
+            assert self._syncer is not None  # SyncMode.FILE
+            errors = self._syncer.fsync_all([sink.fileno() for sink in sinks])
+            return [(sink, error) for sink, error in zip(sinks, errors, strict=True) if error]
         finally:
             for sink in sinks:
                 sink.close()

@@ -1,0 +1,82 @@
+"""Many files fsynced at once (dimse.durability): native AIO on Linux, threads
+elsewhere. Each file's failure must be its own; a failure must never pass for
+durable."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dimse.durability import AioSyncer, ThreadSyncer, file_syncer
+
+LINUX = sys.platform == "linux"
+
+
+@pytest.fixture(params=["aio", "threads"])
+def syncer(request: pytest.FixtureRequest) -> Iterator[AioSyncer | ThreadSyncer]:
+    if request.param == "aio" and not LINUX:
+        pytest.skip("Linux native AIO")
+    made = AioSyncer(depth=4) if request.param == "aio" else ThreadSyncer(threads=3)
+    yield made
+    made.close()
+
+
+def written(folder: Path, count: int) -> list[int]:
+    fds = []
+    for n in range(count):
+        fd = os.open(folder / f"{n}.part", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, bytes([n % 256]) * 40_000)
+        fds.append(fd)
+    return fds
+
+
+def test_linux_uses_native_aio() -> None:
+    """The archive's default: on Linux the kernel fsyncs a round concurrently."""
+    made = file_syncer()
+    try:
+        assert isinstance(made, AioSyncer) == LINUX
+    finally:
+        made.close()
+
+
+def test_every_file_is_fsynced(syncer: AioSyncer | ThreadSyncer, tmp_path: Path) -> None:
+    """More files than one AIO batch (depth 4) or one thread's share."""
+    fds = written(tmp_path, 11)
+    try:
+        assert syncer.fsync_all(fds) == [None] * 11
+        assert syncer.fsync_all([]) == []
+        assert syncer.fsync_all(fds[:1]) == [None]  # a lone image's round
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_a_failure_is_that_files_alone(syncer: AioSyncer | ThreadSyncer, tmp_path: Path) -> None:
+    """A closed descriptor (io_submit refuses it: EBADF) and a pipe (no fsync:
+    EINVAL) among good files: those two fail, in their places, the others do not;
+    the same syncer then serves the next round."""
+    fds = written(tmp_path, 6)
+    read_end, write_end = os.pipe()
+    closed = os.open(tmp_path / "closed", os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(closed)  # last: no descriptor opened after it reuses its number
+    try:
+        errors = syncer.fsync_all([fds[0], closed, *fds[1:4], read_end, *fds[4:]])
+        assert [e.errno if e else None for e in errors] == [
+            None,
+            errno.EBADF,
+            None,
+            None,
+            None,
+            errno.EINVAL,
+            None,
+            None,
+        ]
+        assert syncer.fsync_all(fds) == [None] * 6
+    finally:
+        for fd in (*fds, read_end, write_end):
+            os.close(fd)
