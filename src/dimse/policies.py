@@ -55,7 +55,8 @@ class SyncMode(Enum):
 
     FILE = "file"  # fsync each file, a round's all at once (dimse.durability): any system
     #: One syncfs(2) of the archive's file system per round, so one cache flush
-    #: instead of one per file: ~20% more small images per second here. It also
+    #: instead of one per file: 1-5% more small images per second here (10-20%
+    #: when FILE's fsyncs ran on threads; see dimse.durability). It also
     #: flushes what other programs wrote to that file system, so it suits an archive
     #: on a volume of its own. Linux 5.8+ (earlier, syncfs hid write-back errors).
     FILESYSTEM = "filesystem"
