@@ -82,3 +82,14 @@ def test_a_failure_is_that_files_alone(syncer: AioSyncer | ThreadSyncer, tmp_pat
     finally:
         for fd in (*fds, read_end, write_end):
             os.close(fd)
+
+
+@pytest.mark.skipif(not AIO_HERE, reason="Linux native AIO, on x86_64 or aarch64")
+def test_a_refused_aio_context_is_an_oserror() -> None:
+    """More requests in flight than the system allows (fs.aio-max-nr): io_setup
+    refuses with EAGAIN, as on a system whose AIO is used up, the OSError after
+    which file_syncer() falls back to threads."""
+    limit = int(Path("/proc/sys/fs/aio-max-nr").read_text())
+    with pytest.raises(OSError) as raised:
+        AioSyncer(depth=limit + 1)
+    assert raised.value.errno == errno.EAGAIN
