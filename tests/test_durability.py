@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dimse.durability import AioSyncer, ThreadSyncer, file_syncer
+from dimse.durability import AioSyncer, FileSystemSyncer, ThreadSyncer, file_syncer, syncfs_call
 
 #: Linux, where AioSyncer knows the system call numbers.
 AIO_HERE = sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64")
@@ -93,3 +93,22 @@ def test_a_refused_aio_context_is_an_oserror() -> None:
     with pytest.raises(OSError) as raised:
         AioSyncer(depth=limit + 1)
     assert raised.value.errno == errno.EAGAIN
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="syncfs(2)")
+def test_one_syncfs_stands_for_every_file(tmp_path: Path) -> None:
+    """--sync filesystem: each file is answered durable by the one syncfs; a failed
+    syncfs (here the archive's folder descriptor closed under it: EBADF) raises,
+    failing them all, never passing for durable."""
+    syncer = FileSystemSyncer(syncfs_call(), tmp_path)
+    fds = written(tmp_path, 3)
+    try:
+        assert syncer.fsync_all(fds) == [None] * 3
+        assert syncer.fsync_all([]) == []
+        syncer.close()
+        with pytest.raises(OSError) as raised:
+            syncer.fsync_all(fds)
+        assert raised.value.errno == errno.EBADF
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -187,6 +187,23 @@ def _fsync_each(fds: Sequence[int]) -> list[OSError | None]:
     return errors
 
 
+class FileSystemSyncer:
+    """SyncMode.FILESYSTEM: one syncfs(2) of the file system holding `root` stands for
+    the fsyncs of all the files; a failed one raises, failing them all."""
+
+    def __init__(self, syncfs: Callable[[int], None], root: str | Path) -> None:
+        self._syncfs = syncfs
+        self._fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+
+    def fsync_all(self, fds: Sequence[int]) -> list[OSError | None]:
+        if fds:
+            self._syncfs(self._fd)
+        return [None] * len(fds)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 def file_syncer() -> AioSyncer | ThreadSyncer:
     """Native AIO where the kernel offers it, threads otherwise."""
     try:

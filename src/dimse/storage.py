@@ -27,7 +27,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from dimse.durability import file_syncer, fsync_dir, syncfs_call
+from dimse.durability import FileSystemSyncer, file_syncer, fsync_dir, syncfs_call
 from dimse.elements import DATA_SET_END, encoding, scan_text
 from dimse.files import cut_short, file_meta_bytes
 from dimse.index import Index, Instance, header_tags, is_damage
@@ -367,18 +367,18 @@ class StorageProvider(ServiceProvider):
         self.root = Path(root)
         self.layout = layout
         self.duplicates = duplicates
-        self._syncfs = syncfs_call() if sync is SyncMode.FILESYSTEM else None
+        # Checked first: where syncfs is missing, ValueError before anything is made.
+        syncfs = syncfs_call() if sync is SyncMode.FILESYSTEM else None
         self.on_stored = list(on_stored)
         self.on_study = list(on_study)
         (self.root / TEMP_DIR).mkdir(parents=True, exist_ok=True)
         if clean_temp:  # not in a second process serving the same archive
             self._clean_temp()
         self.index = Index(self.root / INDEX_FILE, durable=durable_index)
-        self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)  # for syncfs
         # One thread files and indexes, so duplicate checks and renames never race.
         self._filer = ThreadPoolExecutor(1, thread_name_prefix="dimse-archive")
-        # SyncMode.FILE: each round's files are fsynced together (dimse.durability).
-        self._syncer = file_syncer() if self._syncfs is None else None
+        # How a round's files are made durable together (dimse.durability).
+        self._syncer = file_syncer() if syncfs is None else FileSystemSyncer(syncfs, self.root)
         self._studies: dict[str, dict[str, Path]] = {}
         self.holding = 0  # bytes of data sets held in memory by all sinks (HOLD_TOTAL)
         self._waiting: list[tuple[FileSink, asyncio.Future[Filed]]] = []
@@ -403,10 +403,8 @@ class StorageProvider(ServiceProvider):
 
     def close(self) -> None:
         self._filer.shutdown(wait=True)  # the last round, before what it uses goes
-        if self._syncer is not None:
-            self._syncer.close()
+        self._syncer.close()
         self.index.close()
-        os.close(self._root_fd)
 
     async def on_store(self, request: StoreRequest) -> FileSink | Outcome:
         # Whether it is stored already is asked in its filing round, with the others
@@ -543,11 +541,6 @@ class StorageProvider(ServiceProvider):
         path), and their files closed; returns the files that failed. A failed syncfs
         fails the round."""
         try:
-            if self._syncfs is not None:
-                if sinks:
-                    self._syncfs(self._root_fd)
-                return []
-            assert self._syncer is not None  # SyncMode.FILE
             errors = self._syncer.fsync_all([sink.fileno() for sink in sinks])
             return [(sink, error) for sink, error in zip(sinks, errors, strict=True) if error]
         finally:
