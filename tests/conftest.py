@@ -10,7 +10,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -99,10 +99,13 @@ class Processes:
     def __init__(self) -> None:
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def start(self, args: Sequence[str | Path], **kwargs: object) -> subprocess.Popen[bytes]:
+    def start(
+        self, args: Sequence[str | Path], env: Mapping[str, str] | None = None, **kwargs: object
+    ) -> subprocess.Popen[bytes]:
+        """`env`: variables set for this process on top of PEER_ENV."""
         process = subprocess.Popen(
             [str(a) for a in args],
-            env=PEER_ENV,
+            env={**PEER_ENV, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             **kwargs,  # type: ignore[call-overload]

@@ -36,6 +36,7 @@ from pynetdicom import AE, _config
 
 import dimse
 from conftest import (
+    PEER_ENV,
     TEST_FILES,
     Processes,
     dataset_bytes,
@@ -647,6 +648,28 @@ def test_an_odd_data_set_arrives_padded_and_is_whole(processes: Processes, tmp_p
     contexts = [dimse.ProposedContext(CT, (ExplicitVRLittleEndian,))]
     assert store_each(archive.port, sources, contexts) == [(0, None), (0, None)]
     assert set(indexed(archive.root)) == {header(small).sop, header(large).sop}
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_the_command_runs_on_uvloop_or_on_asyncio_s_own_loop(
+    processes: Processes, tmp_path: Path, loop: str
+) -> None:
+    """uvloop by default (less CPU per C-STORE); DIMSE_EVENT_LOOP=asyncio names
+    asyncio's loop, for both the archive and the sender."""
+    paths = [make_instance(tmp_path / f"{n}.dcm") for n in range(3)]
+    env = {"DIMSE_EVENT_LOOP": loop}
+    archive = serve(processes, tmp_path / "archive", "-v", env=env)
+    sent = subprocess.run(
+        dimse_command("store", "-vv", "-aec", "DIMSE", HOST, archive.port, *paths),
+        env={**PEER_ENV, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert f"event loop: {loop}" in sent.stderr
+    assert archive.output.wait_for(lambda lines: any(f"event loop: {loop}" in ln for ln in lines))
+    assert set(indexed(archive.root)) == {header(path).sop for path in paths}
 
 
 def test_the_sender_names_the_data_set_instance_not_the_file_meta(

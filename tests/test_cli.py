@@ -53,6 +53,15 @@ def test_bad_usage_is_one_line_and_exit_2(
     assert list(tmp_path.iterdir()) == []  # a usage error creates nothing
 
 
+def test_an_unknown_event_loop_is_bad_usage(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DIMSE_EVENT_LOOP", "tokio")
+    assert main(["echo", "127.0.0.1", "104"]) == 2
+    err = capsys.readouterr().err
+    assert err == "dimse: DIMSE_EVENT_LOOP=tokio: expected uvloop or asyncio\n"
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit:
         main(["--version"])

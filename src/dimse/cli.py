@@ -29,7 +29,7 @@ from dimse.policies import DuplicatePolicy, Layout, SyncMode
 from dimse.sender import Client, Kind, Proposal, StoreResult, Summary
 from dimse.sop_classes import VERIFICATION, all_transfer_syntaxes
 from dimse.status import Category, category, describe
-from dimse.transport import DEFAULT_MAX_BUFFERED, Timeouts
+from dimse.transport import DEFAULT_MAX_BUFFERED, Timeouts, event_loop_factory
 
 # The archive's modules (server, storage, index, hooks, identity) are imported by
 # the commands that use them: `dimse store` and `dimse echo` start ~20 ms sooner.
@@ -877,8 +877,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ls": _ls,
             "users": _users,
         }
-        runner = commands[args.command]
-        return asyncio.run(runner(args))
+        try:
+            loop_factory = event_loop_factory()
+        except ValueError as error:
+            raise UsageError(f"dimse: {error}") from None
+        with asyncio.Runner(loop_factory=loop_factory) as loop:
+            log.debug("event loop: %s", type(loop.get_loop()).__module__)
+            return loop.run(commands[args.command](args))
     except UsageError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE

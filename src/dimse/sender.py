@@ -42,7 +42,7 @@ from dimse.sop_classes import (
     NATIVE_TRANSFER_SYNTAXES,
 )
 from dimse.status import Category, category, describe
-from dimse.transport import DEFAULT_TIMEOUTS, Timeouts
+from dimse.transport import DEFAULT_TIMEOUTS, Timeouts, event_loop_factory
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -270,8 +270,9 @@ class Client:
         return added
 
     def send_sync(self) -> list[StoreResult]:
-        """send() for scripts without an event loop."""
-        return asyncio.run(self.send())
+        """send() for scripts without an event loop, on uvloop where installed."""
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(self.send())
 
     async def send(self) -> list[StoreResult]:
         """Send every request added so far; one result per request, in request order."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections import deque
@@ -21,6 +22,26 @@ from dimse.pdu import BufferBudget
 STREAM_LIMIT = 1 << 17
 
 log = logging.getLogger("dimse.transport")
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop where it is installed, unless DIMSE_EVENT_LOOP=asyncio; None
+    for asyncio's own.
+
+    The pipeline is CPU-bound on two cores: with uvloop on both sides, 1000 small
+    C-STOREs took ~20 % less CPU per process and 5-8 % less wall time (three
+    interleaved A/B series of 8-14 transfers).
+    """
+    choice = os.environ.get("DIMSE_EVENT_LOOP", "uvloop")
+    if choice == "asyncio":
+        return None
+    if choice != "uvloop":
+        raise ValueError(f"DIMSE_EVENT_LOOP={choice}: expected uvloop or asyncio")
+    try:
+        import uvloop
+    except ImportError:  # not built for this platform (Windows): asyncio's loop
+        return None
+    return uvloop.new_event_loop
 
 
 @dataclass(frozen=True, slots=True)
