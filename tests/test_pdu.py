@@ -7,6 +7,8 @@ the expected dataclass, and encoding that dataclass must give the same bytes bac
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -881,4 +883,61 @@ def test_reader_yields_the_same_pdus_whatever_the_chunking(
         while (pdu := reader.next_pdu()) is not None:
             received.append(pdu)
     assert received == pdus
+    assert reader.buffered == 0
+
+
+@pytest.mark.parametrize("reads", [[65536], [262144], [1000, 300000, 65000], [6, 100000]])
+def test_a_large_pdu_is_received_in_place_however_the_reads_fall(reads: list[int]) -> None:
+    """Once the header is here, the PDU's rest lands in one buffer: a grown buffer
+    is a copy of the PDU so far, and room that holds the rest is never grown."""
+    pdu = PDataTF((PDV(1, False, True, bytes(range(256)) * 4096),))  # 1 MiB of data
+    data = encode(pdu)
+    reader = PDUReader(0)
+    buffers: list[bytearray] = []
+    at = 0
+    for n, read in enumerate(itertools.cycle(reads)):
+        room = reader.get_buffer()
+        count = min(read, len(room), len(data) - at)
+        room[:count] = data[at : at + count]
+        if at >= 6 and not any(room.obj is buffer for buffer in buffers):
+            buffers.append(room.obj)  # type: ignore[arg-type]
+        reader.buffer_updated(count)
+        at += count
+        if at == len(data) or n > 10_000:
+            break
+    assert len(buffers) == 1
+    assert reader.next_pdu() == pdu
+    assert reader.buffered == 0
+
+
+@pytest.mark.parametrize("read", [1000, 65536, 300000])
+def test_what_arrives_behind_a_whole_pdu_leaves_it_in_place(read: int) -> None:
+    """A transport may read on before the driver takes a whole PDU (uvloop does):
+    those bytes are kept apart rather than in a grown copy of the PDU, and come
+    out as the next PDUs, in order."""
+    pdus = [
+        PDataTF((PDV(1, False, True, bytes(range(256)) * 4096),)),
+        PDataTF((PDV(1, True, True, b"\x01" * 100),)),
+        PDataTF((PDV(3, False, False, b"\x02" * 700_000),)),
+        AReleaseRQ(),
+    ]
+    data = b"".join(encode(pdu) for pdu in pdus)
+    first = len(encode(pdus[0]))
+    reader = PDUReader(0)
+    at = 0
+    while at < len(data):
+        room = reader.get_buffer()
+        count = min(read, len(room), len(data) - at)
+        room[:count] = data[at : at + count]
+        reader.buffer_updated(count)
+        at += count
+        if at == first:
+            whole = room.obj
+        elif at > first:
+            assert reader.buffered == at
+    got = []
+    while (pdu := reader.next_pdu()) is not None:
+        got.append(pdu)
+    assert got == pdus
+    assert got[0].pdvs[0].data.obj is whole  # type: ignore[union-attr]
     assert reader.buffered == 0

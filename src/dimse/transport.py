@@ -111,7 +111,9 @@ class Stream(asyncio.BufferedProtocol):
             self._on_connected(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.connection.get_buffer(max(sizehint, 0))
+        # The hint is only a recommendation (asyncio's -1, uvloop's 256 KB): the PDU
+        # being received says how much room is useful.
+        return self.connection.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
         self.connection.buffer_updated(nbytes)
