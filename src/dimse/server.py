@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import socket
 import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar, cast
+from typing import Protocol, TypeVar
 
 from dimse import events as ev
 from dimse.connection import Connection
@@ -267,39 +269,41 @@ class Server:
         await self.close()
 
     def _connected(self, stream: Stream) -> None:
-        if self.options.ssl_context is not None:
+        context = self.options.ssl_context
+        loop = asyncio.get_running_loop()
+        if context is None:
+            task = loop.create_task(self._accept(stream))
+        else:
             assert stream.transport is not None
-            stream.transport.pause_reading()  # the ClientHello is for _handshake()
-        task = asyncio.get_running_loop().create_task(self._accept(stream))
+            host, port, *_ = stream.transport.get_extra_info("peername") or ("?", 0)
+            sock = _take_socket(stream)
+            task = loop.create_task(self._accept_tls(sock, f"{host}:{port}", context))
         self._sessions.add(task)
 
-    async def _handshake(self, stream: Stream, context: ssl.SSLContext) -> bool:
-        """TLS on an accepted connection (PS3.15 B.1): here, not by create_server(ssl=),
-        which drops a failed handshake (a client without TLS, an untrusted
-        certificate) without a word unless asyncio's debug mode is on."""
-        assert stream.transport is not None
-        host, port, *_ = stream.transport.get_extra_info("peername") or ("?", 0)
+    async def _accept_tls(self, sock: socket.socket, peer: str, context: ssl.SSLContext) -> None:
+        """TLS on an accepted connection (PS3.15 B.1), in a transport made for it.
+
+        Not by create_server(ssl=), which drops a failed handshake (a client without
+        TLS, an untrusted certificate) without a word unless asyncio's debug mode is
+        on; nor by start_tls() on the accepted transport, which may have read the
+        ClientHello before it (uvloop reads as soon as connection_made() returns).
+        """
+        stream = Stream(Connection())  # not the call's answer: uvloop's is its TLS layer
         try:
-            tls = await asyncio.get_running_loop().start_tls(
-                stream.transport,
-                stream,
-                context,
-                server_side=True,
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: stream,
+                sock,
+                ssl=context,
                 ssl_handshake_timeout=self.options.timeouts.acse,
             )
-        except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
+        except OSError as error:  # ssl.SSLError, a timeout; the transport closed the socket
             why = str(error) or type(error).__name__  # an EOF or a reset says nothing
-            log.warning("%s:%s: TLS handshake failed: %s", host, port, why)
-            stream.abort()
-            return False
-        stream.transport = cast(asyncio.Transport, tls)
-        return True
-
-    async def _accept(self, stream: Stream) -> None:
-        context = self.options.ssl_context
-        if context is not None and not await self._handshake(stream, context):
+            log.warning("%s: TLS handshake failed: %s", peer, why)
             self._sessions.discard(asyncio.current_task())
             return
+        await self._accept(stream)
+
+    async def _accept(self, stream: Stream) -> None:
         link = Link(stream, self.options.timeouts, self.budget)
         session = _Session(self, link)
         task = asyncio.current_task()
@@ -620,6 +624,16 @@ class _Session:
             for task in self._working:
                 task.cancel()
         await self.link.close()
+
+
+def _take_socket(stream: Stream) -> socket.socket:
+    """The accepted connection's socket, from a transport closed before it reads
+    anything (uvloop starts reading once connection_made() returns, asyncio later)."""
+    assert stream.transport is not None
+    accepted = stream.transport.get_extra_info("socket")
+    sock = socket.socket(fileno=os.dup(accepted.fileno()))
+    stream.transport.abort()  # closes its descriptor only: the connection stays open
+    return sock
 
 
 def _outcome(value: int | Outcome) -> Outcome:

@@ -85,7 +85,7 @@ class Stream(asyncio.BufferedProtocol):
         self.connection = connection
         self.transport: asyncio.Transport | None = None
         # Called once connected: a client's TLS after its handshake, never when it fails;
-        # a server does its own handshake afterwards (Server._handshake).
+        # a server makes its TLS transports itself (Server._accept_tls).
         self._on_connected = on_connected
         #: Asked after each receive: True stops reading until the next wait().
         self.gate: Callable[[], bool] | None = None
