@@ -811,6 +811,16 @@ def render(
 # --- machine facts ------------------------------------------------------------------
 
 
+_EVENT_LOOP = """
+try:
+    from dimse.transport import event_loop_factory
+except ImportError:
+    print("asyncio")
+else:
+    print("uvloop" if event_loop_factory() else "asyncio")
+"""
+
+
 def _output(command: Sequence[str]) -> str:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=30)
@@ -858,6 +868,8 @@ def machine(work: Path, ref: str | None) -> dict[str, Any]:
         "dimse_imported_from": _output(
             [sys.executable, "-c", "import dimse; print(dimse.__file__)"]
         ),
+        # The loop the measured `dimse` runs on (asyncio's before event_loop_factory).
+        "dimse_event_loop": _output([sys.executable, "-c", _EVENT_LOOP]),
         "filesystem": _output(["findmnt", "-n", "-o", "FSTYPE", "--target", str(work)]),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
@@ -1092,7 +1104,7 @@ def run(args: argparse.Namespace, scenarios: Sequence[Scenario], work: Path) -> 
         f"Python {facts['python']}, {facts['dcmtk']}, pynetdicom {facts['pynetdicom']}, "
         f"dimse {facts['dimse']} ({facts['dimse_commit']}"
         f"{', src modified' if facts['dimse_src_modified'] else ''}, "
-        f"from {facts['dimse_imported_from']}); data in {work}"
+        f"from {facts['dimse_imported_from']}, on {facts['dimse_event_loop']}); data in {work}"
     )
     if os.getloadavg()[0] > 1.0:
         print(
