@@ -140,9 +140,16 @@ def dimse_command(*args: str | Path) -> list[str]:
     return [sys.executable, "-m", "dimse", *(str(a) for a in args)]
 
 
-def run(args: Sequence[str | Path], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(
+    args: Sequence[str | Path], timeout: float = 120, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`env`: variables set for this process on top of PEER_ENV."""
     return subprocess.run(
-        [str(a) for a in args], env=PEER_ENV, capture_output=True, text=True, timeout=timeout
+        [str(a) for a in args],
+        env={**PEER_ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -36,7 +36,6 @@ from pynetdicom import AE, _config
 
 import dimse
 from conftest import (
-    PEER_ENV,
     TEST_FILES,
     Processes,
     dataset_bytes,
@@ -659,13 +658,7 @@ def test_the_command_runs_on_uvloop_or_on_asyncio_s_own_loop(
     paths = [make_instance(tmp_path / f"{n}.dcm") for n in range(3)]
     env = {"DIMSE_EVENT_LOOP": loop}
     archive = serve(processes, tmp_path / "archive", "-v", env=env)
-    sent = subprocess.run(
-        dimse_command("store", "-vv", "-aec", "DIMSE", HOST, archive.port, *paths),
-        env={**PEER_ENV, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    sent = run(dimse_command("store", "-vv", "-aec", "DIMSE", HOST, archive.port, *paths), 60, env)
     assert sent.returncode == 0, sent.stderr
     assert f"event loop: {loop}" in sent.stderr
     assert archive.output.wait_for(lambda lines: any(f"event loop: {loop}" in ln for ln in lines))

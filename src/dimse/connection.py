@@ -151,11 +151,11 @@ class Connection:
     # The asyncio.BufferedProtocol shape, for drivers that receive in place: bytes go
     # into get_buffer()'s room, buffer_updated() counts them, next_events() reads them.
 
-    def get_buffer(self, size: int = 0) -> memoryview:
+    def get_buffer(self) -> memoryview:
         """Where the next received bytes go: the PDU reader's own buffer, or a scratch
         area whose bytes are dropped when nothing more may be read."""
         if self._reading:
-            return self._reader.get_buffer(size)
+            return self._reader.get_buffer()
         return memoryview(self._scratch)
 
     def buffer_updated(self, nbytes: int) -> None:
