@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import tracemalloc
 import zlib
 from io import BytesIO
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     AllTransferSyntaxes,
@@ -35,10 +38,16 @@ from dimse.elements import (
     walk,
 )
 from dimse.files import NotDicomError, open_dicom_file
-from dimse.index import Instance, header_tags
+from dimse.index import HEADER_TAGS, Instance
 from dimse.server import Peer
 from dimse.shapes import HeaderShapes, learn_shape
-from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES, VERIFICATION
+from dimse.sop_classes import (
+    DEFLATED_REFERENCED,
+    NATIVE_TRANSFER_SYNTAXES,
+    VERIFICATION,
+    all_transfer_syntaxes,
+    syntax_name,
+)
 from dimse.storage import HEAD_SIZE, LAST_HEADER_TAG, layout_source, read_header
 
 
@@ -114,7 +123,7 @@ def test_sequences_of_either_length_are_skipped(implicit: bool, undefined: bool)
     for item in ds.ProcedureCodeSequence:
         item.is_undefined_length_sequence_item = undefined
     data = _encoded(ds, implicit)
-    values = scan_text(data, 0, implicit, header_tags(), LAST_HEADER_TAG)
+    values = scan_text(data, 0, implicit, HEADER_TAGS, LAST_HEADER_TAG)
     assert values == {
         "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
         "SOPInstanceUID": "1.2.3.4",
@@ -130,20 +139,20 @@ def test_cut_off_or_unusual_values_are_left_to_pydicom() -> None:
     ds = _with_sequences()
     data = _encoded(ds, implicit=False)
     cut = data.index(b"DOE^JANE")
-    assert scan_text(data[:cut], 0, False, header_tags(), LAST_HEADER_TAG) is None
+    assert scan_text(data[:cut], 0, False, HEADER_TAGS, LAST_HEADER_TAG) is None
     # A data set that ends before group 0020 is complete: what is there is the answer.
     short = Dataset()
     short.SOPClassUID = "1.2"
     whole = _encoded(short, implicit=True)
-    assert scan_text(whole, 0, True, header_tags(), LAST_HEADER_TAG, complete=True) == {
+    assert scan_text(whole, 0, True, HEADER_TAGS, LAST_HEADER_TAG, complete=True) == {
         "SOPClassUID": "1.2"
     }
-    assert scan_text(whole, 0, True, header_tags(), LAST_HEADER_TAG) is None
+    assert scan_text(whole, 0, True, HEADER_TAGS, LAST_HEADER_TAG) is None
     for name in ("Müller^Hans", "A\\B"):  # a character set, several values
         ds.PatientName = name
         ds.SpecificCharacterSet = "ISO_IR 100"
         data = _encoded(ds, implicit=False)
-        assert scan_text(data, 0, False, header_tags(), LAST_HEADER_TAG) is None
+        assert scan_text(data, 0, False, HEADER_TAGS, LAST_HEADER_TAG) is None
 
 
 def test_read_header_falls_back_to_pydicom_for_a_character_set(tmp_path: Path) -> None:
@@ -162,8 +171,8 @@ def test_any_bytes_give_values_or_none(data: bytes, implicit: bool) -> None:
     """Garbage never raises out of the scanner: it answers or leaves it to pydicom;
     nor out of the walks for a data set's end."""
     for last_tag in (LAST_HEADER_TAG, DATA_SET_END):
-        values = scan_text(data, 0, implicit, header_tags(), last_tag, complete=True)
-        assert values is None or set(values) <= set(header_tags().values())
+        values = scan_text(data, 0, implicit, HEADER_TAGS, last_tag, complete=True)
+        assert values is None or set(values) <= set(HEADER_TAGS.values())
     inside = cut_off(data, 0, implicit)
     assert inside in (None, "an element header", "a sequence", "an item") or inside[0] == "("
     assert deflate_cut_off(data) in (None, "its deflate stream")
@@ -188,29 +197,59 @@ def test_implicit_little_endian_file_is_scanned(tmp_path: Path) -> None:
 
 
 def test_encoding_agrees_with_pydicom() -> None:
-    """The native syntaxes are answered from a table of our own, the rest by pydicom."""
+    """The native syntaxes from a table of our own, the others by PS3.5 Annex A, as
+    pydicom reads them, except that pixel data by reference may come in a deflated
+    data set (§A.7, §A.12), which pydicom 3.0 does not say."""
     for uid in AllTransferSyntaxes:
         syntax = UID(uid)
-        expected = (syntax.is_deflated, syntax.is_implicit_VR, syntax.is_little_endian)
+        deflated = syntax.is_deflated or uid in DEFLATED_REFERENCED
+        expected = (deflated, syntax.is_implicit_VR, syntax.is_little_endian)
         assert encoding(uid) == expected, syntax.name
+    assert encoding("1.2.840.10008.1.2.4.95") == (True, False, True)  # JPIP Referenced Deflate
     assert (
         ExplicitVRLittleEndian,
         ImplicitVRLittleEndian,
         DeflatedExplicitVRLittleEndian,
         ExplicitVRBigEndian,
     ) == NATIVE_TRANSFER_SYNTAXES
-    with pytest.raises(ValueError):
-        encoding(VERIFICATION)
+    for not_a_syntax in (VERIFICATION, "1.2.3.4"):
+        with pytest.raises(ValueError, match="not a transfer syntax"):
+            encoding(not_a_syntax)
+
+
+def test_the_registry_is_pydicoms_read_without_importing_it() -> None:
+    """In a process of its own: pynetdicom, imported by these tests, adds UIDs to
+    pydicom's registry."""
+    code = (
+        "import sys\n"
+        "from dimse.sop_classes import all_transfer_syntaxes, registry, syntax_name\n"
+        "ours, syntaxes = registry(), all_transfer_syntaxes()\n"
+        "print('pydicom' in sys.modules)\n"
+        "from pydicom._uid_dict import UID_dictionary\n"
+        "from pydicom.uid import UID, AllTransferSyntaxes\n"
+        "print(ours == UID_dictionary, set(syntaxes) == set(AllTransferSyntaxes))\n"
+        "print(all(syntax_name(uid) == UID(uid).name for uid in AllTransferSyntaxes))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["False", "True", "True", "True"]
+    assert all_transfer_syntaxes()[:4] == NATIVE_TRANSFER_SYNTAXES
+    assert syntax_name("1.2.3.4") == "1.2.3.4"
+
+
+def test_the_index_s_tags_are_pydicom_s() -> None:
+    assert {int(Tag(keyword)): keyword for keyword in HEADER_TAGS.values()} == HEADER_TAGS
 
 
 def test_the_header_is_read_up_to_the_last_attribute_the_index_keeps() -> None:
-    assert max(header_tags()) == LAST_HEADER_TAG
+    assert max(HEADER_TAGS) == LAST_HEADER_TAG
 
 
 def test_a_long_header_cut_off_is_left_to_pydicom() -> None:
     """An OB header whose 32-bit length is not all there (found by test_hostile)."""
     data = struct.pack("<HH2sH", 0x0008, 0x0010, b"OB", 0) + b"\0\0"
-    assert scan_text(data, 0, False, header_tags(), LAST_HEADER_TAG, complete=True) is None
+    assert scan_text(data, 0, False, HEADER_TAGS, LAST_HEADER_TAG, complete=True) is None
 
 
 #: The sender reads headers up to a last tag; the archive reads data sets whole.
@@ -224,7 +263,7 @@ def _walked(
 ) -> tuple[dict[str, str], int] | None:
     """scan_text()'s values, and where the element past the last tag starts."""
     elements: list[tuple[int, int, int, int]] = []
-    values = scan_text(data, 0, implicit, header_tags(), last_tag, complete, elements)
+    values = scan_text(data, 0, implicit, HEADER_TAGS, last_tag, complete, elements)
     if values is None:
         return None
     return values, elements[-1][1] if elements and elements[-1][2:] == (0, 0) else len(data)
@@ -232,7 +271,7 @@ def _walked(
 
 def _scanned_alike(headers: list[bytes], implicit: bool, last_tag: int, label: str = "") -> None:
     """HeaderShapes answers as scan_text does, each header scanned as one source's."""
-    shapes = HeaderShapes(header_tags(), last_tag)
+    shapes = HeaderShapes(HEADER_TAGS, last_tag)
     for number, data in enumerate(headers):
         expected = _walked(data, implicit, True, last_tag)
         assert shapes.scan("source", data, implicit, complete=True) == expected, (label, number)
@@ -269,9 +308,9 @@ def test_a_shape_reads_headers_like_the_one_it_was_learnt_from() -> None:
     ds = _with_sequences()
     first = _encoded(ds, implicit=False)
     elements: list[tuple[int, int, int, int]] = []
-    scan_text(first, 0, False, header_tags(), LAST_HEADER_TAG, elements=elements)
+    scan_text(first, 0, False, HEADER_TAGS, LAST_HEADER_TAG, elements=elements)
     uid, name = 0x00080018, 0x00100010  # SOP Instance UID of varying length; Patient's Name
-    shape = learn_shape(first, False, elements, header_tags(), resized={uid}, changed={name})
+    shape = learn_shape(first, False, elements, HEADER_TAGS, resized={uid}, changed={name})
     assert shape is not None
     ds.SOPInstanceUID, ds.PatientName = "1.2.3.4.55555", "ROE^JOHN"
     second = _encoded(ds, implicit=False)
@@ -284,8 +323,8 @@ def test_a_shape_reads_headers_like_the_one_it_was_learnt_from() -> None:
     assert shape.match(_encoded(ds, implicit=False)) is None
     # The walk that ends before the last tag wanted teaches nothing.
     cut: list[tuple[int, int, int, int]] = []
-    scan_text(first[:60], 0, False, header_tags(), LAST_HEADER_TAG, elements=cut)
-    assert learn_shape(first[:60], False, cut, header_tags(), set(), set()) is None
+    scan_text(first[:60], 0, False, HEADER_TAGS, LAST_HEADER_TAG, elements=cut)
+    assert learn_shape(first[:60], False, cut, HEADER_TAGS, set(), set()) is None
 
 
 @settings(max_examples=200, deadline=None)
@@ -325,7 +364,7 @@ def test_a_series_whose_values_change_length_is_read_by_its_shape(last_tag: int)
     image to image, as in a real series: after a few walks the shape reads them all.
     Read whole, one cut short fits no shape."""
     ds = read_dataset(BytesIO(dataset_bytes(TEST_FILES / "CT_small.dcm")), False, True)
-    shapes = HeaderShapes(header_tags(), last_tag)
+    shapes = HeaderShapes(HEADER_TAGS, last_tag)
     complete = last_tag == DATA_SET_END  # the archive's data sets are whole; headers not
     for number in range(1, 121):
         z = -150 + number * 0.625

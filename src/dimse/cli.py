@@ -27,7 +27,7 @@ from dimse.negotiation import DEFAULT_MAX_PDU, MAX_ASYNC_OPS
 from dimse.pdu import UserIdentityRQ, UserIdentityType
 from dimse.policies import DuplicatePolicy, Layout, SyncMode
 from dimse.sender import Client, Kind, Proposal, StoreResult, Summary
-from dimse.sop_classes import VERIFICATION, all_transfer_syntaxes
+from dimse.sop_classes import VERIFICATION, all_transfer_syntaxes, registry
 from dimse.status import Category, category, describe
 from dimse.transport import DEFAULT_MAX_BUFFERED, Timeouts, event_loop_factory
 
@@ -122,9 +122,7 @@ def _uid(value: str) -> str:
     """A UID, or the keyword pydicom's registry knows it by (CTImageStorage...)."""
     if len(value) <= 64 and _UID_SYNTAX.fullmatch(value):  # PS3.5 §9.1
         return value
-    from pydicom._uid_dict import UID_dictionary
-
-    found = next((uid for uid, entry in UID_dictionary.items() if entry[4] == value), None)
+    found = next((uid for uid, entry in registry().items() if entry[4] == value), None)
     if found is None:
         raise argparse.ArgumentTypeError(f"neither a UID nor a known UID keyword: {value!r}")
     return found

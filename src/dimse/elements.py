@@ -10,7 +10,6 @@ falls back to pydicom; tests compare the two on pydicom's own test files.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import mmap
 import struct
@@ -19,9 +18,11 @@ from collections.abc import Iterator, Mapping
 
 from dimse.sop_classes import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    DEFLATED_REFERENCED,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
+    is_transfer_syntax,
 )
 
 #: PS3.5 Table 7.1-1: explicit VRs with a reserved field and a 32-bit length.
@@ -52,18 +53,17 @@ _NATIVE_ENCODINGS = {
 }
 
 
-@functools.lru_cache(maxsize=64)
 def encoding(transfer_syntax: str) -> tuple[bool, bool, bool]:
     """Deflated, implicit VR, little endian. ValueError for a UID that is not a
-    transfer syntax. pydicom is asked about the compressed syntaxes only: cached,
-    as it validates a UID at each call."""
+    transfer syntax of the registry."""
     native = _NATIVE_ENCODINGS.get(transfer_syntax)
     if native is not None:
         return native
-    from pydicom.uid import UID
-
-    syntax = UID(transfer_syntax)
-    return syntax.is_deflated, syntax.is_implicit_VR, syntax.is_little_endian
+    if not is_transfer_syntax(transfer_syntax):
+        raise ValueError(f"{transfer_syntax} is not a transfer syntax")
+    # PS3.5 §A.4: encapsulated pixel data in an Explicit VR Little Endian data set,
+    # which the syntaxes of pixel data by reference may deflate (§A.7, §A.12).
+    return transfer_syntax in DEFLATED_REFERENCED, False, True
 
 
 class Unscannable(Exception):

@@ -11,7 +11,6 @@ anyway, and the caller runs these methods off the event loop.
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -89,7 +88,7 @@ class Instance:
         calling_ae: str,
         received: float | None = None,
     ) -> Instance:
-        """From a data set read up to its pixel data, or the header_tags() text values."""
+        """From a data set read up to its pixel data, or the HEADER_TAGS text values."""
 
         def text(keyword: str) -> str:
             value = ds.get(keyword)
@@ -154,35 +153,29 @@ class StudyRow:
     size: int
 
 
-#: What from_header reads: all top-level, all in groups 0008-0020.
-HEADER_KEYWORDS = (
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "StudyDescription",
-    "AccessionNumber",
-    "StudyID",
-    "ReferringPhysicianName",
-    "SeriesInstanceUID",
-    "Modality",
-    "SeriesNumber",
-    "SeriesDescription",
-    "InstanceNumber",
-)
-
-
-@functools.cache
-def header_tags() -> dict[int, str]:
-    """HEADER_KEYWORDS by tag, from pydicom's dictionary (imported on first use)."""
-    from pydicom.tag import Tag
-
-    return {int(Tag(keyword)): keyword for keyword in HEADER_KEYWORDS}
+#: What from_header reads, by tag (PS3.6 §6): all top-level, all in groups 0008-0020.
+#: Typed here rather than looked up in pydicom's dictionary, so that receiving a
+#: common data set never imports pydicom; a test checks them against it.
+HEADER_TAGS: dict[int, str] = {
+    0x00080016: "SOPClassUID",
+    0x00080018: "SOPInstanceUID",
+    0x00100020: "PatientID",
+    0x00100010: "PatientName",
+    0x00100030: "PatientBirthDate",
+    0x00100040: "PatientSex",
+    0x0020000D: "StudyInstanceUID",
+    0x00080020: "StudyDate",
+    0x00080030: "StudyTime",
+    0x00081030: "StudyDescription",
+    0x00080050: "AccessionNumber",
+    0x00200010: "StudyID",
+    0x00080090: "ReferringPhysicianName",
+    0x0020000E: "SeriesInstanceUID",
+    0x00080060: "Modality",
+    0x00200011: "SeriesNumber",
+    0x0008103E: "SeriesDescription",
+    0x00200013: "InstanceNumber",
+}
 
 
 _MAX_VARIABLES = 500  # below SQLite's smallest default SQLITE_MAX_VARIABLE_NUMBER (999)

@@ -1,15 +1,20 @@
 """SOP classes and transfer syntaxes that dimse offers by default.
 
 The registry-wide lists come from pydicom's UID registry, so they follow the
-standard as pydicom does, and are built on first use: importing pydicom costs a
-sender a fifth of a second at start-up, and a sender of uncompressed files never
-needs it. Only the handful of UIDs every association uses are typed here (PS3.4
+standard as pydicom does, and are built on first use. The registry is read from
+its module without importing pydicom's package, whose import brings the data
+dictionaries and pixel handlers: a fifth of a second of a sender's start-up, and
+~12 MB of the archive's resident set, which needs pydicom for unusual data sets
+only. Only the handful of UIDs every association uses are typed here (PS3.4
 Annex A, PS3.5 §10 and Annex A); a test checks them against pydicom's.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
+import sys
 
 VERIFICATION = "1.2.840.10008.1.1"
 #: A DICOMDIR's SOP class: the directory of a file-set on media (PS3.10 §8), which
@@ -20,6 +25,15 @@ IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+#: JPIP (HTJ2K) Referenced Deflate: pixel data by reference, the data set deflated
+#: as Deflated Explicit VR Little Endian's (PS3.5 §A.7, §A.12, §A.5).
+DEFLATED_REFERENCED = frozenset({"1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"})
+#: Current transfer syntaxes that pydicom's AllTransferSyntaxes leaves out, so not
+#: accepted by default: pixel data by reference (PS3.5 §A.6, §A.7) and encapsulated
+#: uncompressed pixel data (§A.4).
+_LEFT_OUT = frozenset(
+    {"1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.1.98"}
+)
 
 #: The uncompressed syntaxes: the two little-endian ones first, since every
 #: peer must support Implicit VR LE (PS3.5 §10.1) and most prefer Explicit VR LE.
@@ -31,14 +45,39 @@ NATIVE_TRANSFER_SYNTAXES: tuple[str, ...] = (
 )
 
 
+RegistryEntry = tuple[str, str, str, str, str]  # name, type, info, retired, keyword
+
+
+@functools.cache
+def registry() -> dict[str, RegistryEntry]:
+    """pydicom's UID registry, by UID, read from its module alone; pydicom's package
+    is imported for it only where that module is not a file (a zipped install)."""
+    package = importlib.util.find_spec("pydicom")  # found, not imported
+    folders = package.submodule_search_locations if package else None
+    path = os.path.join(folders[0], "_uid_dict.py") if folders else ""
+    if "pydicom" in sys.modules or not os.path.isfile(path):
+        from pydicom._uid_dict import UID_dictionary
+
+        return UID_dictionary
+    spec = importlib.util.spec_from_file_location("pydicom._uid_dict", path)
+    assert spec is not None and spec.loader is not None  # always, for a .py file
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table: dict[str, RegistryEntry] = module.UID_dictionary
+    return table
+
+
+def is_transfer_syntax(uid: str) -> bool:
+    entry = registry().get(uid)
+    return entry is not None and entry[1] == "Transfer Syntax"
+
+
 @functools.cache
 def storage_sop_classes() -> tuple[str, ...]:
     """Every Storage SOP class of the registry (PS3.4 Annex B, B.5)."""
-    from pydicom._uid_dict import UID_dictionary
-
     return tuple(
         uid
-        for uid, (name, kind, *_rest) in UID_dictionary.items()
+        for uid, (name, kind, *_rest) in registry().items()
         if kind == "SOP Class"
         and "Storage" in name
         and "Commitment" not in name
@@ -48,15 +87,20 @@ def storage_sop_classes() -> tuple[str, ...]:
 
 @functools.cache
 def all_transfer_syntaxes() -> tuple[str, ...]:
-    """The native syntaxes, then every other transfer syntax pydicom knows."""
-    from pydicom.uid import AllTransferSyntaxes
-
-    others = (str(ts) for ts in AllTransferSyntaxes if ts not in NATIVE_TRANSFER_SYNTAXES)
+    """The native syntaxes, then every other current transfer syntax of the registry
+    that pydicom's AllTransferSyntaxes lists (a test keeps them equal)."""
+    others = (
+        uid
+        for uid, (_name, kind, _info, retired, _keyword) in registry().items()
+        if kind == "Transfer Syntax"
+        and not retired
+        and uid not in _LEFT_OUT
+        and uid not in NATIVE_TRANSFER_SYNTAXES
+    )
     return (*NATIVE_TRANSFER_SYNTAXES, *others)
 
 
 def syntax_name(uid: str) -> str:
-    """A transfer syntax's name for messages, or the UID pydicom does not know."""
-    from pydicom.uid import UID
-
-    return UID(uid).name
+    """A transfer syntax's name for messages, or the UID the registry does not know."""
+    entry = registry().get(uid)
+    return uid if entry is None else entry[0]

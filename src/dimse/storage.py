@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, TypeVar
 from dimse.durability import FileSystemSyncer, file_syncer, fsync_dir, syncfs_call
 from dimse.elements import DATA_SET_END, encoding, scan_text
 from dimse.files import cut_short, file_meta_bytes
-from dimse.index import Index, Instance, header_tags, is_damage
+from dimse.index import HEADER_TAGS, Index, Instance, is_damage
 from dimse.policies import DuplicatePolicy, Layout, SyncMode
 from dimse.server import Outcome, Peer, ServiceProvider, StoreRequest
 from dimse.shapes import HeaderShapes
@@ -92,7 +92,7 @@ def failure_for(error: OSError) -> Outcome:
 
 
 #: The index and the checks read nothing past (0020,0013) Instance Number, the last
-#: of index.HEADER_KEYWORDS; the header is parsed up to there only (what follows is
+#: of index.HEADER_TAGS; the header is parsed up to there only (what follows is
 #: walked, not parsed, for its end: FileSink._cut_short).
 LAST_HEADER_TAG = 0x00200013
 _past = int.__gt__  # C-level: pydicom's BaseTag compares in Python
@@ -115,7 +115,7 @@ def scan_header(
     if shapes is not None:
         scanned = shapes.scan(source, head, implicit, complete)
         return None if scanned is None else scanned[0]
-    return scan_text(head, 0, implicit, header_tags(), LAST_HEADER_TAG, complete)
+    return scan_text(head, 0, implicit, HEADER_TAGS, LAST_HEADER_TAG, complete)
 
 
 def read_header(
@@ -394,7 +394,7 @@ class StorageProvider(ServiceProvider):
     def shapes(self) -> HeaderShapes:
         """The layouts of each source's data sets (layout_source()), read whole: one
         that ends inside an element then fits no layout and no walk."""
-        return HeaderShapes(header_tags(), DATA_SET_END)
+        return HeaderShapes(HEADER_TAGS, DATA_SET_END)
 
     def _clean_temp(self) -> None:
         for leftover in (self.root / TEMP_DIR).iterdir():
