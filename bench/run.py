@@ -500,6 +500,31 @@ def file_creation_ms(folder: Path, count: int = 200) -> float:
     return (time.perf_counter() - started) * 1000 / count
 
 
+def sequential_write_mb_s(folder: Path, sizes: Sequence[int]) -> float:
+    """The disk's own pace for what a receiver of the large images writes: files of
+    these sizes written in 1 MiB blocks, each fsynced before it is closed (as `dd
+    bs=1M conv=fsync` does), in MB/s. The issue asks the archive for 80 % of it. The
+    files are deleted after: a few large files cost nothing to delete."""
+    folder.mkdir(parents=True, exist_ok=True)
+    block = memoryview(os.urandom(MIB))
+    paths = [folder / f"{number}.bin" for number in range(len(sizes))]
+    started = time.perf_counter()
+    for path, size in zip(paths, sizes, strict=True):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for offset in range(0, size, MIB):
+                chunk = block[: min(MIB, size - offset)]
+                if os.write(fd, chunk) != len(chunk):
+                    raise BenchError(f"short write to {path}")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    elapsed = time.perf_counter() - started
+    for path in paths:
+        path.unlink()
+    return sum(sizes) / MB / elapsed
+
+
 #: File creation slower than this (ms) means many files were deleted in the minutes
 #: before: undisturbed, this machine takes 0.03-0.05 ms; a run started a minute
 #: after another's clean-up measured 0.21 ms, and its storescp was 30 % slower.
@@ -756,10 +781,15 @@ def render(
             *("recv MiB", "send MiB", "recv CPU s", "send CPU s", "CPU ms/img"),
             *("others %", "steal %"),
         ]
+        disk = scenario.get("disk_mb_per_s")
+        if disk:
+            head.append("disk %")
         rows = []
         for row in summary[scenario["name"]].values():
             if "wall_s" not in row:
-                rows.append([row["label"], f"all {row['runs']} run(s) failed"] + [""] * 12)
+                rows.append(
+                    [row["label"], f"all {row['runs']} run(s) failed"] + [""] * (len(head) - 2)
+                )
                 continue
             notes = [
                 f"{row[key]} {word}"
@@ -783,9 +813,17 @@ def render(
                     f"{row['cpu_s'] * 1000 / scenario['count']:.1f}" if "cpu_s" in row else "-",
                     f"{row['other_cpu_share'] * 100:.0f}" if "other_cpu_share" in row else "-",
                     f"{row['steal_share'] * 100:.0f}" if "steal_share" in row else "-",
+                    *([f"{row['mb_per_s'] * 100 / disk:.0f}"] if disk else []),
                 ]
             )
         lines += _table(head, rows, markdown)
+        if disk:
+            lines += [
+                "",
+                f"*disk %*: of the disk's own pace at the same moments, {disk:.0f} MB/s "
+                "(the same bytes written in files of the same sizes, each fsynced, "
+                "as `dd conv=fsync`; median)",
+            ]
         lines.append("")
         metrics = {
             "images_per_s": "img/s",
@@ -1138,6 +1176,7 @@ def run(args: argparse.Namespace, scenarios: Sequence[Scenario], work: Path) -> 
     startups: dict[str, list[float]] = {sender: [] for sender in senders}
 
     runs: list[dict[str, Any]] = []
+    disk: dict[str, list[float]] = {s.name: [] for s in scenarios if s.frames > 1}
 
     def once(scenario: Scenario, pair: Pair, repetition: int, attempt: int) -> dict[str, Any]:
         tag = f"{scenario.name}-{pair.key}-{repetition}-{attempt}"
@@ -1183,6 +1222,17 @@ def run(args: argparse.Namespace, scenarios: Sequence[Scenario], work: Path) -> 
             startups[sender].append(startup_time(sender))
         turn = repetition % len(pairs)
         for scenario in scenarios:
+            if scenario.frames > 1:  # the large images: the disk's pace at that moment too
+                wait_for_quiet(args.wait_quiet)
+                rate = sequential_write_mb_s(
+                    work / "disk", [p.stat().st_size for p in sent[scenario.name]]
+                )
+                disk[scenario.name].append(rate)
+                print(
+                    f"  [{repetition + 1}/{args.repeat}] {scenario.name:<6} "
+                    f"{'disk: fsynced sequential writes':<28}{rate:7.0f} MB/s",
+                    flush=True,
+                )
             for pair in pairs[turn:] + pairs[:turn]:
                 once(scenario, pair, repetition, 0)
     # Runs that other processes disturbed are measured again, a limited number of times.
@@ -1212,8 +1262,12 @@ def run(args: argparse.Namespace, scenarios: Sequence[Scenario], work: Path) -> 
         "repeat": args.repeat,
         "machine": facts,
         "scenarios": [
-            asdict(s) | {"bytes": sizes[s.name], "sop_class": s.sop_class} for s in scenarios
+            asdict(s)
+            | {"bytes": sizes[s.name], "sop_class": s.sop_class}
+            | ({"disk_mb_per_s": statistics.median(disk[s.name])} if disk.get(s.name) else {})
+            for s in scenarios
         ],
+        "disk_mb_per_s_samples": disk,
         "pairs": [asdict(p) | {"label": p.label} for p in pairs],
         "commands": {
             p.key: {
