@@ -116,10 +116,13 @@ class Pair:
     async_ops: int = 128  # dimse store's default (dimse.negotiation.MAX_ASYNC_OPS)
     no_fsync: bool = False  # receiver under libeatmydata: a diagnostic, not a contender
     sync: str = "file"  # dimse serve --sync: file (its default) or filesystem
+    associations: int = 1  # dimse store --associations: parallel associations
 
     @property
     def label(self) -> str:
         sender = f"dimse (async {self.async_ops})" if self.sender == "dimse" else self.sender
+        if self.associations > 1:
+            sender += f" x{self.associations}"
         receiver = self.receiver + (" --sync fs" if self.sync == "filesystem" else "")
         return f"{sender} -> {receiver}" + (" [no fsync]" if self.no_fsync else "")
 
@@ -129,6 +132,8 @@ PAIRS = (
     Pair("pynetdicom", "pynetdicom", "pynetdicom"),
     Pair("dimse", "dimse", "dimse"),
     Pair("dimse-syncfs", "dimse", "dimse", sync="filesystem"),
+    # The "many associations" goal: 20 at once, the aggregate no lower than one's.
+    Pair("dimse-20", "dimse", "dimse", associations=20),
     Pair("dimse-async1", "dimse", "dimse", 1),
     Pair("dimse-to-dcmtk", "dimse", "dcmtk"),
     Pair("dcmtk-to-dimse", "dcmtk", "dimse"),
@@ -342,6 +347,7 @@ def sender_command(pair: Pair, port: int, data: Path) -> list[str]:
         return [
             *(sys.executable, "-m", "dimse", "store", HOST, str(port), str(data)),
             *("-r", "-aec", AE_TITLE, "--async-ops", str(pair.async_ops)),
+            *("--associations", str(pair.associations)),
         ]
     return [
         *(sys.executable, str(BENCH / "pynetdicom_scu.py"), HOST, str(port), str(data)),
