@@ -4,7 +4,7 @@ The registry-wide lists come from pydicom's UID registry, so they follow the
 standard as pydicom does, and are built on first use. The registry is read from
 its module without importing pydicom's package, whose import brings the data
 dictionaries and pixel handlers: a fifth of a second of a sender's start-up, and
-~12 MB of the archive's resident set, which needs pydicom for unusual data sets
+~10 MB of the archive's resident set, which needs pydicom for unusual data sets
 only. Only the handful of UIDs every association uses are typed here (PS3.4
 Annex A, PS3.5 §10 and Annex A); a test checks them against pydicom's.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import sys
 
 VERIFICATION = "1.2.840.10008.1.1"
 #: A DICOMDIR's SOP class: the directory of a file-set on media (PS3.10 §8), which
@@ -50,12 +49,14 @@ RegistryEntry = tuple[str, str, str, str, str]  # name, type, info, retired, key
 
 @functools.cache
 def registry() -> dict[str, RegistryEntry]:
-    """pydicom's UID registry, by UID, read from its module alone; pydicom's package
-    is imported for it only where that module is not a file (a zipped install)."""
+    """pydicom's UID registry, by UID, as pydicom ships it: read from its module
+    alone (a copy of its own, which another package's additions to pydicom's, as
+    pynetdicom's, do not reach), or imported where that module is not a file (a
+    zipped install)."""
     package = importlib.util.find_spec("pydicom")  # found, not imported
     folders = package.submodule_search_locations if package else None
     path = os.path.join(folders[0], "_uid_dict.py") if folders else ""
-    if "pydicom" in sys.modules or not os.path.isfile(path):
+    if not os.path.isfile(path):
         from pydicom._uid_dict import UID_dictionary
 
         return UID_dictionary
