@@ -47,9 +47,10 @@ FILE_MODE = 0o640
 HEAD_SIZE = 64 * 1024  # bytes read back from a streamed data set for its header
 WRITEBACK_STEP = 8 << 20  # large data sets: start writeback every this many bytes
 #: Data sets up to this size (file meta included) are held in memory until complete,
-#: while all those held together stay under HOLD_TOTAL: beyond it, they stream into
-#: their files as large ones do. Without that cap, 20 associations with 32 C-STOREs
-#: in flight each took the server's RSS from 42 to 95 MB.
+#: while all those held together stay under HOLD_TOTAL: beyond it, the next one waits
+#: for a filing round to give back room (FileSink._room_for), or streams into its file
+#: as large ones do. Without that cap, 20 associations with 32 C-STOREs in flight
+#: each took the server's RSS from 42 to 95 MB.
 HOLD_LIMIT = 256 * 1024
 HOLD_TOTAL = 8 << 20
 INDEX_FILE = "index.sqlite"
@@ -161,8 +162,8 @@ def layout_source(peer: Peer, sop_class: str, syntax: str) -> tuple[str, str, st
 class FileSink:
     """Receives one data set into a temporary file; complete() files it durably.
 
-    A data set of up to HOLD_LIMIT bytes is held in memory until complete (while
-    the archive's sinks hold less than HOLD_TOTAL together), then its filing round
+    A data set of up to HOLD_LIMIT bytes is held in memory until complete (within
+    the HOLD_TOTAL that the archive's sinks hold together), then its filing round
     creates and writes its file: the event loop, the server's busiest thread, makes
     no file system call for it. Any other streams into its file as it arrives.
     """
