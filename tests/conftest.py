@@ -153,6 +153,15 @@ def run(
     )
 
 
+def python_output(code: str) -> str:
+    """What `code` prints, run by this Python in a fresh process: one whose imports
+    are not this test session's."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return result.stdout
+
+
 def nested_sequences(depth: int, closed: bool = True) -> bytes:
     """(0040,A730) Content Sequences nested `depth` deep in Explicit VR Little Endian,
     each sequence and item of undefined length (PS3.5 §7.5.2), then closed, or not

@@ -41,6 +41,7 @@ from conftest import (
     dataset_bytes,
     dimse_command,
     free_port,
+    python_output,
     require,
     run,
     stored_files,
@@ -687,11 +688,9 @@ async def main():
 
 asyncio.run(main())
 """
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert result.stdout.split("]")[-1].split() == ["False"], result.stdout + result.stderr
-    assert result.stdout.count("SUCCESS") == len(names)
+    output = python_output(code)
+    assert output.split("]")[-1].split() == ["False"], output
+    assert output.count("SUCCESS") == len(names)
     assert sorted(indexed(tmp_path / "archive")) == sorted(
         pydicom.dcmread(TEST_FILES / name).SOPInstanceUID for name in names
     )

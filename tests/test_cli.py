@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import python_output
 from dimse import __version__
 from dimse.cli import _table, _uid, build_parser, main
 
@@ -86,10 +85,7 @@ def test_only_the_sender_loads_numpy(command: str, numpy: bool) -> None:
         "import pydicom\n"
         "print(sys.modules.get('numpy') is not None, sys.modules.get('requests') is not None)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert result.stdout.split()[-2:] == [str(numpy), "False"]
+    assert python_output(code).split()[-2:] == [str(numpy), "False"]
 
 
 def test_max_buffered_is_given_in_mib() -> None:

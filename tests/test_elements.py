@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 import tracemalloc
 import zlib
 from io import BytesIO
@@ -26,7 +24,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from conftest import TEST_FILES, dataset_bytes
+from conftest import TEST_FILES, dataset_bytes, python_output
 from dimse.elements import (
     CUT_OFF_STEPS,
     DATA_SET_END,
@@ -230,10 +228,7 @@ def test_the_registry_is_pydicoms_read_without_importing_it() -> None:
         "print(ours == UID_dictionary, set(syntaxes) == set(AllTransferSyntaxes))\n"
         "print(all(syntax_name(uid) == UID(uid).name for uid in AllTransferSyntaxes))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert result.stdout.split() == ["False", "True", "True", "True"]
+    assert python_output(code).split() == ["False", "True", "True", "True"]
     assert all_transfer_syntaxes()[:4] == NATIVE_TRANSFER_SYNTAXES
     assert set(all_transfer_syntaxes()) == set(AllTransferSyntaxes)  # pynetdicom loaded
     assert syntax_name("1.2.3.4") == "1.2.3.4"
