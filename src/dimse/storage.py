@@ -185,7 +185,7 @@ class FileSink:
         self.file_size = len(meta)
         self._held: list[bytes] | None = [meta]  # not written yet: no file so far
         self._holding = 0  # bytes of the data set counted in archive.holding
-        self._filing = False  # complete, in (or waiting for) its filing round
+        self._in_round = False  # complete, in (or waiting for) its filing round
         self._fd = -1
         self._advised = 0  # bytes handed to writeback early
         self._checked: Instance | Outcome | None = None  # by complete(), on the event loop
@@ -248,7 +248,7 @@ class FileSink:
         """Uncount what was held (on the event loop, which alone counts)."""
         if self._holding:
             self.archive.holding -= self._holding
-            if self._filing:
+            if self._in_round:
                 self.archive.held_filing -= self._holding
             self._holding = 0
             self.archive.freed()
@@ -270,7 +270,7 @@ class FileSink:
             )
             if header is not None:
                 self._checked = self._instance(header)
-        self._filing = True
+        self._in_round = True
         self.archive.held_filing += self._holding
         try:
             outcome = await self.archive.file(self)
