@@ -57,6 +57,10 @@ RESULTS = BENCH / "results"
 # pyenv shim may shadow the Debian binaries on PATH.
 STORESCP = "/usr/bin/storescp"
 STORESCU = "/usr/bin/storescu"
+# The dcmtk reference ran both tools with the largest PDU they accept
+# (storescp and storescu take 4096..131072): 16 KB, their default, split a 40 KB
+# image into three PDUs.
+DCMTK_MAX_PDU = "131072"
 AE_TITLE = "BENCH"
 HOST = "127.0.0.1"
 MB = 1e6
@@ -330,7 +334,10 @@ def dcmtk_env() -> dict[str, str]:
 def receiver_command(kind: str, port: int, out: Path, sync: str = "file") -> list[str]:
     if kind == "dcmtk":
         # +B bit-preserving, +xe prefer Explicit VR LE, -dhl no reverse DNS lookup.
-        return [STORESCP, "+B", "+xe", "-dhl", "-aet", AE_TITLE, "-od", str(out), str(port)]
+        return [
+            *(STORESCP, "+B", "+xe", "-dhl", "-pdu", DCMTK_MAX_PDU),
+            *("-aet", AE_TITLE, "-od", str(out), str(port)),
+        ]
     if kind == "dimse":
         return [
             *(sys.executable, "-m", "dimse", "serve", str(port)),
@@ -342,7 +349,10 @@ def receiver_command(kind: str, port: int, out: Path, sync: str = "file") -> lis
 
 def sender_command(pair: Pair, port: int, data: Path) -> list[str]:
     if pair.sender == "dcmtk":
-        return [STORESCU, "-aec", AE_TITLE, "+sd", "+r", HOST, str(port), str(data)]
+        return [
+            *(STORESCU, "-aec", AE_TITLE, "-pdu", DCMTK_MAX_PDU),
+            *("+sd", "+r", HOST, str(port), str(data)),
+        ]
     if pair.sender == "dimse":
         return [
             *(sys.executable, "-m", "dimse", "store", HOST, str(port), str(data)),
