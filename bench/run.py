@@ -117,7 +117,7 @@ class Pair:
     key: str
     sender: str  # dcmtk | dimse | pynetdicom
     receiver: str  # dcmtk | dimse | pynetdicom
-    async_ops: int = 128  # dimse store's default (dimse.negotiation.MAX_ASYNC_OPS)
+    async_ops: int = 256  # dimse store's default (dimse.negotiation.MAX_ASYNC_OPS)
     no_fsync: bool = False  # receiver under libeatmydata: a diagnostic, not a contender
     sync: str = "file"  # dimse serve --sync: file (its default) or filesystem
     associations: int = 1  # dimse store --associations: parallel associations

@@ -122,7 +122,7 @@ def test_default_sender_and_server_keep_a_full_window_in_flight(tmp_path: Path) 
             return await client.send()
 
     results = asyncio.run(scenario())
-    assert gate.peak == MAX_ASYNC_OPS == 128
+    assert gate.peak == MAX_ASYNC_OPS == 256
     assert [r.kind for r in results] == [Kind.SUCCESS] * len(paths)
     assert len(gate.received) == len(paths)
 

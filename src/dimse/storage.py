@@ -50,9 +50,10 @@ WRITEBACK_STEP = 8 << 20  # large data sets: start writeback every this many byt
 #: while all those held together stay under HOLD_TOTAL: beyond it, the next one waits
 #: for a filing round to give back room (FileSink._room_for), or streams into its file
 #: as large ones do. Without that cap, 20 associations with 32 C-STOREs in flight
-#: each took the server's RSS from 42 to 95 MB.
+#: each took the server's RSS from 42 to 95 MB. It holds one association's full
+#: window (negotiation.MAX_ASYNC_OPS) of the benchmark's 40 KB images.
 HOLD_LIMIT = 256 * 1024
-HOLD_TOTAL = 8 << 20
+HOLD_TOTAL = 12 << 20
 INDEX_FILE = "index.sqlite"
 _T = TypeVar("_T")
 
@@ -68,7 +69,7 @@ class StoredInstance:
 
 Filed = tuple[Outcome, Instance | None]  # a filing round's answer for one sink
 #: Files in one filing round at most: each is open from its creation to the end of
-#: the round, and many associations' windows (128 each) could otherwise open more
+#: the round, and many associations' windows (256 each) could otherwise open more
 #: files at once than the process may.
 MAX_ROUND = 256
 StoredHook = Callable[[StoredInstance], Awaitable[None]]
