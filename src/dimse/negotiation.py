@@ -48,9 +48,9 @@ DEFAULT_MAX_PDU = 1 << 20  # what we offer to receive; dcmtk's default is 16 KiB
 #: it gave 4-16% less wall time with --sync file in six interleaved A/B series of
 #: 8-12 runs (rounds of ~50 images instead of ~30), ~2% with --sync filesystem.
 #: 128 -> 256 gave nothing while the archive held at most 8 MB of data sets (its
-#: window no longer fitted); with room for it, 4% and 7% less wall time in two A/B
-#: series of 8 and 10 (rounds of ~100: each round's index look-up, commit and
-#: folder fsyncs are shared by twice as many images).
+#: window no longer fitted); with room for it, 3-7% less wall time in four A/B
+#: series of 8-10 (rounds of ~100: each round's index look-up, commit and folder
+#: fsyncs are shared by twice as many images).
 MAX_ASYNC_OPS = 256
 MAX_CONTEXTS = 128  # odd IDs 1..255 (PS3.8 §9.3.2.2)
 
