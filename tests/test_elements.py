@@ -5,12 +5,14 @@ from __future__ import annotations
 import struct
 import tracemalloc
 import zlib
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence
@@ -28,10 +30,12 @@ from conftest import TEST_FILES, dataset_bytes, python_output
 from dimse.elements import (
     CUT_OFF_STEPS,
     DATA_SET_END,
+    CutOff,
     Unscannable,
     cut_off,
     deflate_cut_off,
     encoding,
+    header_elements,
     scan_text,
     walk,
 )
@@ -46,7 +50,13 @@ from dimse.sop_classes import (
     all_transfer_syntaxes,
     syntax_name,
 )
-from dimse.storage import HEAD_SIZE, LAST_HEADER_TAG, layout_source, read_header
+from dimse.storage import (
+    HEAD_SIZE,
+    INFLATED_HEADER_LIMIT,
+    LAST_HEADER_TAG,
+    layout_source,
+    read_header,
+)
 
 
 def _instance(header: Dataset | dict[str, str], syntax: str) -> Instance:
@@ -161,6 +171,113 @@ def test_read_header_falls_back_to_pydicom_for_a_character_set(tmp_path: Path) -
     header = read_header(data, len(data), ExplicitVRLittleEndian, tmp_path / "x")
     assert isinstance(header, Dataset)
     assert _instance(header, ExplicitVRLittleEndian).patient_name == "Müller^Hans"
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")  # a deliberately odd test file
+def test_read_header_agrees_with_pydicom_where_pydicom_reads_it() -> None:
+    """The files the scanner leaves to pydicom (big endian, deflated, character
+    sets...) give the index what pydicom reads of the whole file."""
+    parsed = set()
+    for path, data, syntax in BUNDLED:
+        try:
+            reference = dcmread(path, stop_before_pixels=True)
+        except Exception:  # pydicom cannot read some deliberately broken files
+            continue
+        header = read_header(data[:HEAD_SIZE], len(data), syntax, str(path))
+        if isinstance(header, Dataset):
+            parsed.add(syntax)
+            assert _instance(header, syntax) == _instance(reference, syntax), path.name
+    assert {ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian} < parsed, parsed
+
+
+def _past_a_large_value(size: int, fill: bytes = b"\1") -> Dataset:
+    """A header whose index values come after a private value of `size` bytes, and
+    need a character set: read by pydicom, not the scanner."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4"
+    ds.add_new(0x00090010, "LO", "DIMSE TEST")
+    ds.add_new(0x00091010, "OB", fill * size)
+    ds.PatientName, ds.PatientID = "Müller^Hans", "ID1"
+    ds.InstanceNumber = "7"
+    return ds
+
+
+def _peak_memory_of(call: Callable[[], object]) -> tuple[object, int]:
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_a_header_past_a_large_value_is_read_without_it(tmp_path: Path, implicit: bool) -> None:
+    """pydicom would read the 32 MB value on its way to the patient's name."""
+    data = _encoded(_past_a_large_value(32 << 20), implicit)
+    path = tmp_path / "data-set"
+    path.write_bytes(data)
+    syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    header, peak = _peak_memory_of(
+        lambda: read_header(data[:HEAD_SIZE], len(data), syntax, str(path))
+    )
+    assert isinstance(header, Dataset)
+    instance = _instance(header, syntax)
+    assert (instance.patient_name, instance.instance_number) == ("Müller^Hans", 7)
+    assert peak < 1 << 20, peak
+
+
+def _deflated(data: bytes) -> bytes:
+    deflater = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return deflater.compress(data) + deflater.flush()
+
+
+@pytest.mark.parametrize(("before", "found"), [(1 << 20, True), (64 << 20, False)])
+def test_a_deflated_header_is_inflated_only_so_far(
+    tmp_path: Path, before: int, found: bool
+) -> None:
+    """PS3.5 §A.5: past a large value, the header is found in the first
+    INFLATED_HEADER_LIMIT bytes inflated, or not at all; 64 MB of zeros deflate to
+    64 KB, and are never inflated whole."""
+    data = _deflated(_encoded(_past_a_large_value(before, b"\0"), implicit=False))
+    path = tmp_path / "data-set"
+    path.write_bytes(data)
+    syntax = DeflatedExplicitVRLittleEndian
+
+    def read() -> object:
+        try:
+            return read_header(data[:HEAD_SIZE], len(data), syntax, str(path))
+        except Unscannable as error:
+            return error
+
+    header, peak = _peak_memory_of(read)
+    if found:
+        assert isinstance(header, Dataset)
+        assert _instance(header, syntax).patient_name == "Müller^Hans"
+    else:
+        assert isinstance(header, Unscannable)
+        assert "first 4 MiB inflated" in str(header)
+    assert peak < 3 * INFLATED_HEADER_LIMIT, peak
+
+
+@pytest.mark.filterwarnings("ignore:The PN component length")
+def test_header_elements_need_the_header_or_the_whole_data_set() -> None:
+    ds = _past_a_large_value(100)
+    data = _encoded(ds, implicit=False)
+    wanted = {0x00080005, *HEADER_TAGS}
+    elements = header_elements(data, False, wanted, LAST_HEADER_TAG, complete=True)
+    copied = read_dataset(BytesIO(elements), False, True)
+    assert Tag(0x00091010) not in copied and copied.PatientName == "Müller^Hans"
+    before_name = data.index("Müller".encode("latin-1"))
+    with pytest.raises(CutOff):
+        header_elements(data[:before_name], False, wanted, LAST_HEADER_TAG, complete=False)
+    # Complete but cut short: what it holds is kept (FileSink._cut_short answers).
+    kept = header_elements(data[:before_name], False, wanted, LAST_HEADER_TAG, complete=True)
+    assert read_dataset(BytesIO(kept), False, True).SOPInstanceUID == "1.2.3.4"
+    ds.PatientName = "X" * 0x10000  # no text value of the index is that long
+    with pytest.raises(Unscannable, match="65536 bytes long"):
+        header_elements(_encoded(ds, True), True, wanted, LAST_HEADER_TAG, complete=True)
 
 
 @settings(max_examples=300, deadline=None)

@@ -14,7 +14,7 @@ import itertools
 import mmap
 import struct
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 
 from dimse.sop_classes import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
@@ -226,6 +226,56 @@ def deflate_cut_off(buf: Buffer) -> str | None:
                     return None
                 pending = inflater.unconsumed_tail
     return None if inflater.eof else "its deflate stream"
+
+
+def inflate_head(chunks: Iterable[Buffer], limit: int) -> tuple[bytes, bool]:
+    """The first `limit` bytes at most that a raw deflate stream (PS3.5 §A.5) inflates
+    to, and whether they are all there is: the stream ended, or `chunks` did (a
+    stream cut short). `chunks` are read so far only."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = bytearray()
+    for chunk in chunks:
+        inflated += inflater.decompress(chunk, limit - len(inflated))
+        if inflater.eof or len(inflated) >= limit:
+            return bytes(inflated), inflater.eof
+    return bytes(inflated), True
+
+
+#: A header value longer than the longest a 16-bit length allows (PS3.5 §7.1.2; the
+#: text VRs of the index have one in explicit VR) is nothing to copy.
+_LONGEST_TEXT = 0xFFFF
+
+
+def header_elements(
+    buf: Buffer, implicit: bool, wanted: Collection[int], last_tag: int, complete: bool
+) -> bytes:
+    """The `wanted` top-level elements before `last_tag`, copied out as a data set
+    of their own: what pydicom reads when scan_text() declines, a few hundred bytes
+    whatever comes before them (a value of gigabytes, sequences nested deep).
+
+    CutOff when the buffer ends before `last_tag` and is not the `complete` data set
+    (which may itself be cut short: what it holds is kept, and FileSink._cut_short
+    answers); Unscannable for what walk() cannot pass, or more than CUT_OFF_STEPS
+    elements and items, or a wanted value too long for text.
+    """
+    kept: list[bytes] = []
+    try:
+        for tag, offset, at, end in walk(buf, 0, implicit, iter(range(CUT_OFF_STEPS))):
+            if tag > last_tag:
+                return b"".join(kept)
+            if tag not in wanted or end == -1:
+                continue
+            if end - at > _LONGEST_TEXT:
+                raise Unscannable(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) is {end - at} bytes long")
+            if end > len(buf):
+                raise CutOff(f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
+            kept.append(bytes(buf[offset:end]))
+    except CutOff:
+        if not complete:
+            raise
+    if not complete:
+        raise CutOff("the header")
+    return b"".join(kept)
 
 
 def scan_text(

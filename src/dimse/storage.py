@@ -15,6 +15,7 @@ import asyncio
 import errno
 import itertools
 import logging
+import mmap
 import os
 import sqlite3
 import time
@@ -28,7 +29,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from dimse.durability import FileSystemSyncer, file_syncer, fsync_dir, syncfs_call
-from dimse.elements import DATA_SET_END, encoding, scan_text
+from dimse.elements import (
+    DATA_SET_END,
+    CutOff,
+    Unscannable,
+    encoding,
+    header_elements,
+    inflate_head,
+    scan_text,
+)
 from dimse.files import cut_short, file_meta_bytes
 from dimse.index import HEADER_TAGS, Index, Instance, is_damage
 from dimse.policies import DuplicatePolicy, Layout, SyncMode
@@ -38,7 +47,6 @@ from dimse.status import Status, describe
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
-    from pydicom.tag import BaseTag
 
 log = logging.getLogger("dimse.storage")
 
@@ -97,7 +105,12 @@ def failure_for(error: OSError) -> Outcome:
 #: of index.HEADER_TAGS; the header is parsed up to there only (what follows is
 #: walked, not parsed, for its end: FileSink._cut_short).
 LAST_HEADER_TAG = 0x00200013
-_past = int.__gt__  # C-level: pydicom's BaseTag compares in Python
+#: What pydicom is given of a header it reads: the index's elements, and (0008,0005)
+#: Specific Character Set, which says how to decode them (PS3.5 §6.1.2.3).
+_PARSED_TAGS = frozenset(HEADER_TAGS) | {0x00080005}
+#: How far into a deflated data set (PS3.5 §A.5) its header must end: a few
+#: kilobytes of deflate stream may inflate to gigabytes, read into memory.
+INFLATED_HEADER_LIMIT = 4 << 20
 
 
 def scan_header(
@@ -126,31 +139,59 @@ def read_header(
     """The attributes the index needs, from the data set's first bytes.
 
     Scanned in place for Little Endian data sets with plain ASCII values (the
-    common case; see dimse.elements); otherwise pydicom parses them, from memory
-    when they fit in `head` (pydicom asks a file for its position at every
-    element, one system call each), else from the file.
+    common case; see dimse.elements); otherwise pydicom parses the header's
+    elements alone, copied out of `head` or, when they end past it, of the file at
+    `path`, whose last `size` bytes are the data set. Memory stays bounded whatever
+    comes before them: pydicom would read every value on its way.
     """
     values = scan_header(head, size, transfer_syntax)
     if values is not None:
         return values
     deflated, implicit, little_endian = encoding(transfer_syntax)
-    complete = len(head) >= size
-    from pydicom import dcmread
     from pydicom.filereader import read_dataset
 
+    if not little_endian:  # Explicit VR Big Endian (retired, PS3.5 §A.3): not walked
+        with open(path, "rb") as file:
+            file.seek(-size, os.SEEK_END)
+            return read_dataset(
+                file,
+                False,
+                False,
+                stop_when=lambda tag, vr, length: tag > LAST_HEADER_TAG,
+                defer_size=HEAD_SIZE,
+                specific_tags=list(_PARSED_TAGS),
+            )
+    complete = len(head) >= size
     if deflated:
-        return dcmread(path, stop_before_pixels=True)
-    stopped = False
+        head, inflated_whole = inflate_head((head,), HEAD_SIZE)
+        complete &= inflated_whole
+    if len(head) >= 6:  # a first element that disagrees with the syntax decides (pydicom)
+        implicit = not (head[4:6].isalpha() and head[4:6].isupper())
+    try:
+        elements = header_elements(head, implicit, _PARSED_TAGS, LAST_HEADER_TAG, complete)
+    except CutOff:
+        elements = _header_elements_in_file(path, size, deflated, implicit)
+    return read_dataset(BytesIO(elements), implicit, True)
 
-    def past_header(tag: BaseTag, vr: str | None, length: int) -> bool:
-        nonlocal stopped
-        stopped = _past(tag, LAST_HEADER_TAG)
-        return stopped
 
-    header = read_dataset(BytesIO(head), implicit, little_endian, stop_when=past_header)
-    if stopped or complete:
-        return header
-    return dcmread(path, stop_before_pixels=True)
+def _header_elements_in_file(path: str, size: int, deflated: bool, implicit: bool) -> bytes:
+    with open(path, "rb") as file:
+        offset = os.fstat(file.fileno()).st_size - size
+        if deflated:  # inflated into memory: the header must end early enough
+            file.seek(offset)
+            blocks = iter(lambda: file.read(HEAD_SIZE), b"")
+            inflated, complete = inflate_head(blocks, INFLATED_HEADER_LIMIT)
+            try:
+                return header_elements(inflated, implicit, _PARSED_TAGS, LAST_HEADER_TAG, complete)
+            except CutOff:
+                limit = INFLATED_HEADER_LIMIT >> 20
+                raise Unscannable(f"no header in its first {limit} MiB inflated") from None
+        with (
+            mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
+            memoryview(mapped) as whole,
+            whole[offset:] as data_set,
+        ):
+            return header_elements(data_set, implicit, _PARSED_TAGS, LAST_HEADER_TAG, True)
 
 
 def layout_source(peer: Peer, sop_class: str, syntax: str) -> tuple[str, str, str, str]:
