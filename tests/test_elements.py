@@ -284,13 +284,20 @@ def test_header_elements_need_the_header_or_the_whole_data_set() -> None:
 @given(data=st.binary(max_size=300), implicit=st.booleans())
 def test_any_bytes_give_values_or_none(data: bytes, implicit: bool) -> None:
     """Garbage never raises out of the scanner: it answers or leaves it to pydicom;
-    nor out of the walks for a data set's end."""
+    nor out of the walks for a data set's end; header_elements() raises Unscannable
+    at most."""
     for last_tag in (LAST_HEADER_TAG, DATA_SET_END):
         values = scan_text(data, 0, implicit, HEADER_TAGS, last_tag, complete=True)
         assert values is None or set(values) <= set(HEADER_TAGS.values())
     inside = cut_off(data, 0, implicit)
     assert inside in (None, "an element header", "a sequence", "an item") or inside[0] == "("
     assert deflate_cut_off(data) in (None, "its deflate stream")
+    for complete in (True, False):
+        try:
+            elements = header_elements(data, implicit, HEADER_TAGS, LAST_HEADER_TAG, complete)
+        except Unscannable:  # CutOff too: pydicom is then given the file, or nothing
+            continue
+        assert len(elements) <= len(data)
 
 
 def test_walk_reports_where_each_element_starts() -> None:
