@@ -682,6 +682,47 @@ def test_a_header_after_a_large_value_is_indexed_in_bounded_memory(
         index.close()
 
 
+def test_a_value_pydicom_cannot_convert_fails_its_instance_alone(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """An unknown VR (here 'BM' for (0008,0030) Study Time, in a data set whose
+    character set leaves it to pydicom) raises only when the value is converted:
+    PS3.4 §B.2.3's Cxxx answers that instance, and the others filed in the same
+    round (several C-STOREs in flight) are stored."""
+
+    def data_set(study_time_vr: bytes) -> dimse.RawDataSet:
+        ds = Dataset()
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.SOPClassUID, ds.SOPInstanceUID = CT, generate_uid()
+        ds.StudyDate, ds.StudyTime = "20240101", "101010"
+        ds.PatientName, ds.PatientID = "Müller^Hans", "ID1"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.InstanceNumber = 1
+        data = io.BytesIO()
+        ds.save_as(data, implicit_vr=False, little_endian=True, enforce_file_format=False)
+        tag = struct.pack("<HH", 0x0008, 0x0030)
+        encoded = data.getvalue().replace(tag + b"TM", tag + study_time_vr)
+        return dimse.RawDataSet(CT, ds.SOPInstanceUID, ExplicitVRLittleEndian, encoded)
+
+    archive = serve(processes, tmp_path / "archive")
+    sources = [data_set(b"TM"), data_set(b"BM"), data_set(b"TM")]
+    contexts = [dimse.ProposedContext(CT, (ExplicitVRLittleEndian,))]
+
+    async def send() -> list[int]:
+        async with dimse.connect(
+            HOST, archive.port, called_ae="DIMSE", contexts=contexts, async_ops=8
+        ) as assoc:
+            responses = await asyncio.gather(*(assoc.store(source) for source in sources))
+        return [response.status for response in responses]
+
+    assert asyncio.run(send()) == [0, 0xC000, 0]
+    assert set(indexed(archive.root)) == {sources[0].sop_instance_uid, sources[2].sop_instance_uid}
+    assert list((archive.root / TEMP_DIR).iterdir()) == []
+    archive.stop()
+    assert "unreadable data set: NotImplementedError" in archive.output.text
+    assert "Traceback" not in archive.output.text
+
+
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_the_command_runs_on_uvloop_or_on_asyncio_s_own_loop(
     processes: Processes, tmp_path: Path, loop: str

@@ -354,10 +354,20 @@ class FileSink:
         try:
             header = read_header(head, self.size, self.request.transfer_syntax, self.temp_path)
         except Exception as error:  # pydicom's parse errors have no common base class
-            # PS3.4 §B.2.3: Cxxx, the SCP cannot understand the data set.
-            log.warning("%s: unreadable data set: %r", self.request.peer.address, error)
-            return Outcome(Status.CANNOT_UNDERSTAND, f"cannot parse data set: {error}"[:64])
-        return self._cut_short(head) or self._instance(header)
+            return self._unreadable(error)
+        cut = self._cut_short(head)
+        if cut is not None:
+            return cut
+        try:  # pydicom converts a value when it is asked for (an unknown VR raises then)
+            return self._instance(header)
+        except Exception as error:
+            return self._unreadable(error)
+
+    def _unreadable(self, error: Exception) -> Outcome:
+        """PS3.4 §B.2.3: Cxxx, the SCP cannot understand the data set; this one
+        instance is answered so, never its round's others."""
+        log.warning("%s: unreadable data set: %r", self.request.peer.address, error)
+        return Outcome(Status.CANNOT_UNDERSTAND, f"cannot parse data set: {error}"[:64])
 
     def _cut_short(self, head: bytes) -> Outcome | None:
         """PS3.4 §B.2.3 Cxxx for a data set that ends inside an element: what a file
