@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import io
 import random
+import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -86,6 +88,60 @@ def test_not_dicom_files_are_reported(tmp_path: Path) -> None:
         open_dicom_file(text)
     with pytest.raises(NotDicomError):
         open_dicom_file(TEST_FILES / "no_meta.dcm")
+
+
+CT_SMALL = (TEST_FILES / "CT_small.dcm").read_bytes()
+
+
+def _meta_element(group_element: int, vr: bytes, length: int) -> bytes:
+    return struct.pack("<HH2sH", group_element >> 16, group_element & 0xFFFF, vr, length)
+
+
+_GROUP_LENGTH = _meta_element(0x00020000, b"UL", 4)
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")
+@pytest.mark.parametrize(
+    ("damage", "error"),
+    [
+        # (0002,0002)'s VR made unknown: pydicom raises when it converts the value.
+        (lambda data: data.replace(b"\x02\x00\x02\x00UI", b"\x02\x00\x02\x00U ", 1), "Unknown"),
+        # The meta cut inside (0002,0001)'s 32-bit length.
+        (lambda data: data[: data.index(b"\x02\x00\x01\x00OB") + 10], "unpack"),
+        # (0002,0000) UL, 4 bytes, given a length of 2: pydicom's BytesLengthException.
+        (lambda data: data.replace(_GROUP_LENGTH, _meta_element(0x00020000, b"UL", 2), 1), "bytes"),
+    ],
+)
+def test_damaged_file_meta_is_no_dicom_file_to_send(
+    tmp_path: Path, damage: Callable[[bytes], bytes], error: str
+) -> None:
+    """pydicom reads meta our scanner declines, and may raise anything: the sender
+    then reports that file and sends the others (it stopped with a traceback)."""
+    path = tmp_path / "damaged.dcm"
+    damaged = damage(CT_SMALL)
+    assert damaged != CT_SMALL
+    path.write_bytes(damaged)
+    with pytest.raises(NotDicomError, match=f"unreadable file meta .*{error}"):
+        open_dicom_file(path)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's, on what the changes make
+@settings(max_examples=300, deadline=None)
+@given(
+    changes=st.lists(st.tuples(st.integers(0, 599), st.integers(0, 255)), min_size=1, max_size=4)
+)
+def test_a_file_damaged_in_its_first_bytes_is_read_or_reported(
+    tmp_path_factory: pytest.TempPathFactory, changes: list[tuple[int, int]]
+) -> None:
+    """Bytes changed in the preamble, the file meta or the first elements: the file
+    is read or reported as no DICOM file to send, never anything else."""
+    damaged = bytearray(CT_SMALL)
+    for at, byte in changes:
+        damaged[at] = byte
+    path = tmp_path_factory.mktemp("damaged") / "file.dcm"
+    path.write_bytes(damaged)
+    with contextlib.suppress(NotDicomError):
+        assert open_dicom_file(path).size == len(damaged)
 
 
 def _pydicom_view(path: Path) -> tuple[str, str, str, int] | None:

@@ -200,14 +200,18 @@ def _read_file_meta(fp: BinaryIO) -> tuple[list[str], int]:
     fp.seek(0)
     try:
         read_preamble(fp, force=False)
-        meta = _read_file_meta_info(fp)
-    except (InvalidDicomError, EOFError, ValueError, KeyError) as error:
+    except InvalidDicomError as error:
         raise NotDicomError(f"not a DICOM file ({error})") from None
     keywords = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
-    missing = [keyword for keyword in keywords if not meta.get(keyword)]
+    try:  # pydicom converts each value when asked for it, and may raise then too
+        meta = _read_file_meta_info(fp)
+        values = [meta.get(keyword) for keyword in keywords]
+    except Exception as error:  # pydicom's parse errors have no common base class
+        raise NotDicomError(f"unreadable file meta ({type(error).__name__}: {error})") from None
+    missing = [keyword for keyword, value in zip(keywords, values, strict=True) if not value]
     if missing:
         raise NotDicomError(f"file meta lacks {', '.join(missing)}")
-    return [str(meta[keyword].value) for keyword in keywords], fp.tell()
+    return [str(value) for value in values], fp.tell()
 
 
 def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
