@@ -550,6 +550,37 @@ def test_duplicate_policy(processes: Processes, tmp_path: Path, policy: str) -> 
     assert check_index(root).consistent
 
 
+def test_copies_in_one_round_overwrite_each_other_wherever_they_are_filed(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """--duplicates overwrite, each instance sent twice at once, in two studies (a
+    corrected study UID): the copies share filing rounds, and the archive keeps one
+    file per instance, the one its index names (the first copy was left behind)."""
+    pairs = []
+    for n in range(10):
+        first = make_instance(tmp_path / f"{n}a.dcm", number=n)
+        second = make_instance(tmp_path / f"{n}b.dcm", number=n, sop_instance_uid=header(first).sop)
+        assert header(first).study != header(second).study
+        pairs.append((first, second))
+    archive = serve(processes, tmp_path / "archive", "--duplicates", "overwrite")
+    contexts = [dimse.ProposedContext(CT, (ExplicitVRLittleEndian,))]
+
+    async def send() -> list[int]:
+        async with dimse.connect(
+            HOST, archive.port, called_ae="DIMSE", contexts=contexts, async_ops=16
+        ) as assoc:
+            stores = [assoc.store(path) for pair in pairs for path in pair]
+            return [response.status for response in await asyncio.gather(*stores)]
+
+    assert asyncio.run(send()) == [0] * 20
+    root = archive.root
+    files = archive_files(root)
+    assert len(files) == 10
+    assert check_index(root).consistent
+    copies = {dataset_bytes(path) for pair in pairs for path in pair}
+    assert all(dataset_bytes(path) in copies for path in files)
+
+
 # --- 4. data set that is not the instance the command names --------------------------------
 
 

@@ -573,7 +573,7 @@ class StorageProvider(ServiceProvider):
         filed: list[Instance] = []
         replaced: list[str] = []
         folders: set[str] = set()
-        taken: set[str] = set()
+        taken: dict[str, str] = {}  # SOP Instance UID -> where this round filed it
         uids = [sink.request.message.affected_sop_instance_uid for sink in sinks]
         stored = self.index.get_many(uids)
         # A copy of a stored instance is answered without being written (a small
@@ -597,7 +597,9 @@ class StorageProvider(ServiceProvider):
                 results.append((item, None))
                 continue
             temp = sink.temp_path
-            existing = stored.get(uid) or (uid if uid in taken else None)
+            # A second copy in the same round replaces the first (which replaced the
+            # indexed one), wherever each one's header files it.
+            existing = taken.get(uid) or stored.get(uid)
             duplicate = self._duplicate(uid, existing is not None)
             if duplicate is not None:
                 results.append((duplicate, None))
@@ -615,9 +617,9 @@ class StorageProvider(ServiceProvider):
                 results.append((failure_for(error), None))
                 continue
             folders.add(os.path.dirname(final))
-            if existing is not None and existing != relative and uid not in taken:
-                replaced.append(os.path.join(self.root, existing))
-            taken.add(uid)
+            if existing is not None and existing != relative:
+                replaced.append(existing)
+            taken[uid] = relative
             filed.append(replace(item, path=relative))
             results.append((Outcome(Status.SUCCESS), filed[-1]))
         for folder in folders:
@@ -629,8 +631,10 @@ class StorageProvider(ServiceProvider):
             for item in filed:
                 (self.root / item.path).unlink(missing_ok=True)
             raise
+        kept = set(taken.values())  # an earlier copy's place may be a later one's
         for old in replaced:
-            Path(old).unlink(missing_ok=True)
+            if old not in kept:
+                Path(self.root, old).unlink(missing_ok=True)
         return results
 
     def _make_durable(self, sinks: list[FileSink]) -> list[tuple[FileSink, OSError]]:
