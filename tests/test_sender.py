@@ -399,6 +399,38 @@ def test_retries_after_a_dropped_connection(tmp_path: Path) -> None:
     assert len(stored_files(tmp_path / "archive")) == len(files)
 
 
+def test_a_file_whose_meta_holds_no_uid_is_skipped_and_the_others_sent(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """A byte gone wrong in a file's Transfer Syntax UID (0002,0010) made the
+    association request of the whole batch impossible to encode: nothing was sent,
+    and the sender waited for an answer until its timeout."""
+    ct = (TEST_FILES / "CT_small.dcm").read_bytes()
+    syntax = b"\x02\x00\x10\x00UI\x14\x001.2.840.10008.1.2.1\x00"
+    assert syntax in ct
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "damaged.dcm").write_bytes(ct.replace(syntax, syntax.replace(b"840", b"8\x910")))
+    shutil.copy(TEST_FILES / "CT_small.dcm", folder / "good.dcm")
+    port, out = free_port(), tmp_path / "archive"
+    processes.server(dimse_command("serve", port, "-od", out, "--bind", "127.0.0.1"), port)
+
+    sent = run(dimse_command("store", "-aec", "DIMSE", "127.0.0.1", port, folder))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "good.dcm: 0000 Success" in sent.stdout
+    assert "damaged.dcm: skipped: its Transfer Syntax UID is not a UID" in sent.stdout
+    assert "Traceback" not in sent.stderr
+    assert len(stored_files(out)) == 1
+
+
+def test_a_proposed_context_must_name_uids() -> None:
+    """ValueError where it is made, not an association request that cannot be sent."""
+    with pytest.raises(ValueError, match="not a UID"):
+        dimse.ProposedContext("1.2.840.10008.5.1.4.1.1.2", ("1.2.840.10008.1.2.\x91",))
+    with pytest.raises(ValueError, match="not a UID"):
+        dimse.ProposedContext("CT Image Storage", (ExplicitVRLittleEndian,))
+
+
 def test_cli_report_and_exit_codes(folder: Path, processes: Processes, tmp_path: Path) -> None:
     port, out = free_port(), tmp_path / "archive"
     processes.server(dimse_command("serve", port, "-od", out, "--bind", "127.0.0.1"), port)

@@ -33,6 +33,7 @@ from dimse.pdu import (
     UserIdentityRQ,
     UserItem,
 )
+from dimse.sop_classes import is_uid
 
 # A UID under pydicom's root, derived once with
 # pydicom.uid.generate_uid(entropy_srcs=["dimse", "implementation class uid"]).
@@ -61,6 +62,12 @@ class ProposedContext:
 
     abstract_syntax: str
     transfer_syntaxes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        """ValueError here, not when the A-ASSOCIATE-RQ is encoded on the wire."""
+        for uid in (self.abstract_syntax, *self.transfer_syntaxes):
+            if not is_uid(uid):
+                raise ValueError(f"not a UID (PS3.5 §9.1): {uid!r}")
 
 
 @dataclass(frozen=True, slots=True)

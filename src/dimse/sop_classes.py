@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 
 VERIFICATION = "1.2.840.10008.1.1"
 #: A DICOMDIR's SOP class: the directory of a file-set on media (PS3.10 §8), which
@@ -66,6 +67,15 @@ def registry() -> dict[str, RegistryEntry]:
     spec.loader.exec_module(module)
     table: dict[str, RegistryEntry] = module.UID_dictionary
     return table
+
+
+#: PS3.5 §9.1: a UID is digits and periods, 64 characters at most. (The leading
+#: zeros in a component that §9.1 also forbids are let through: devices write them.)
+_UID = re.compile(r"[0-9.]{1,64}")
+
+
+def is_uid(value: str) -> bool:
+    return _UID.fullmatch(value) is not None
 
 
 def is_transfer_syntax(uid: str) -> bool:
