@@ -16,6 +16,7 @@ import random
 import re
 import resource
 import shlex
+import shutil
 import signal
 import socket
 import struct
@@ -1257,6 +1258,19 @@ def test_index_rebuild_and_check(
     assert (root / f"{INDEX_FILE}.damaged").read_bytes().startswith(b"not a database")
     assert dimse_cli("index", "check", "-od", root).returncode == 0
     assert "1 study" in dimse_cli("ls", "-od", root).stdout
+
+    # A copy of a stored file put in by hand: the index keeps one file per instance,
+    # and the rebuild names the one it left out.
+    kept = study_path(root, sources[1])
+    copy = root / "copies" / kept.name
+    copy.parent.mkdir()
+    shutil.copy(kept, copy)
+    again = dimse_cli("index", "rebuild", "-od", root)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "indexed 5 instance(s)" in again.stdout
+    assert again.stderr.strip().splitlines() == [
+        f"another copy of the instance in {kept.relative_to(root)}: {copy.relative_to(root)}"
+    ]
 
 
 # --- 12. SIGKILL at random points, repeatedly -------------------------------------------

@@ -740,11 +740,11 @@ async def _index(args: argparse.Namespace) -> int:
     root = _archive_root(args, with_index=args.action == "check")
     if args.action == "rebuild":
         with _reading_index(args, root):
-            count, unreadable = await asyncio.to_thread(rebuild_index, root)
-        for line in unreadable:
-            print(f"unreadable: {line}", file=sys.stderr)
+            count, left_out = await asyncio.to_thread(rebuild_index, root)
+        for line in left_out:
+            print(line, file=sys.stderr)
         print(f"indexed {count} instance(s) from {root}")
-        return EXIT_FAILED if unreadable else EXIT_OK
+        return EXIT_FAILED if left_out else EXIT_OK
     with _reading_index(args, root):
         report = await asyncio.to_thread(check_index, root)
     for label, paths in (

@@ -737,14 +737,21 @@ def check_index(root: Path) -> IndexReport:
 
 
 def rebuild_index(root: Path) -> tuple[int, list[str]]:
-    """Recreate the index from the files; returns the count and the unreadable files.
-    An index too damaged to read is set aside (kept for a look), not repaired."""
-    instances, unreadable = [], []
+    """Recreate the index from the files; returns the count of instances indexed and
+    the files left out, each with why: unreadable, or another copy of an instance
+    (the index holds one file per instance: the first by path). An index too damaged
+    to read is set aside (kept for a look), not repaired."""
+    found: dict[str, Instance] = {}
+    left_out = []
     for path in archived_files(root):
         try:
-            instances.append(read_instance(root, path))
+            instance = read_instance(root, path)
         except Exception as error:  # pydicom's parse errors have no common base class
-            unreadable.append(f"{path.relative_to(root)}: {error}")
+            left_out.append(f"unreadable: {path.relative_to(root)}: {error}")
+            continue
+        first = found.setdefault(instance.sop_instance_uid, instance)
+        if first is not instance:
+            left_out.append(f"another copy of the instance in {first.path}: {instance.path}")
     path = root / INDEX_FILE
     try:
         index = _emptied(path)
@@ -754,10 +761,10 @@ def rebuild_index(root: Path) -> tuple[int, list[str]]:
         _move_aside(path, error)
         index = Index(path)
     try:
-        index.add_many(instances)
+        index.add_many(list(found.values()))
     finally:
         index.close()
-    return len(instances), unreadable
+    return len(found), left_out
 
 
 def _emptied(path: Path) -> Index:
