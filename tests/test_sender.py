@@ -423,12 +423,17 @@ def test_a_file_whose_meta_holds_no_uid_is_skipped_and_the_others_sent(
     assert len(stored_files(out)) == 1
 
 
-def test_a_proposed_context_must_name_uids() -> None:
-    """ValueError where it is made, not an association request that cannot be sent."""
+def test_a_proposed_context_and_a_raw_data_set_must_name_uids() -> None:
+    """ValueError where they are made, not a request that cannot be encoded later."""
     with pytest.raises(ValueError, match="not a UID"):
         dimse.ProposedContext("1.2.840.10008.5.1.4.1.1.2", ("1.2.840.10008.1.2.\x91",))
     with pytest.raises(ValueError, match="not a UID"):
         dimse.ProposedContext("CT Image Storage", (ExplicitVRLittleEndian,))
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    with pytest.raises(ValueError, match="its Transfer Syntax UID is not a UID"):
+        dimse.RawDataSet(ct, "1.2.3", "1.2.840.10008.1.2.\x91", b"")
+    with pytest.raises(ValueError, match="its SOP Instance UID is not a UID"):
+        dimse.RawDataSet(ct, "1.2.\x91", ExplicitVRLittleEndian, b"")
 
 
 def test_cli_report_and_exit_codes(folder: Path, processes: Processes, tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from dimse.pdu import (
     RoleSelection,
     UserIdentityRQ,
 )
-from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES, syntax_name
+from dimse.sop_classes import NATIVE_TRANSFER_SYNTAXES, syntax_name, uids_problem
 from dimse.transport import DEFAULT_TIMEOUTS, Link, Stream, Timeouts
 from dimse.upper_layer import State
 
@@ -75,6 +75,11 @@ class RawDataSet:
     sop_instance_uid: str
     transfer_syntax: str
     data: bytes
+
+    def __post_init__(self) -> None:
+        problem = uids_problem(self.sop_class_uid, self.sop_instance_uid, self.transfer_syntax)
+        if problem is not None:
+            raise ValueError(problem)
 
 
 StoreSource: TypeAlias = "str | Path | DicomFile | Dataset | RawDataSet"

@@ -22,7 +22,7 @@ from typing import BinaryIO
 from dimse.elements import DATA_SET_END, cut_off, deflate_cut_off, encoding
 from dimse.negotiation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dimse.shapes import HeaderShapes
-from dimse.sop_classes import MEDIA_STORAGE_DIRECTORY, is_uid
+from dimse.sop_classes import MEDIA_STORAGE_DIRECTORY, uids_problem
 
 PREAMBLE = bytes(128) + b"DICM"
 
@@ -86,14 +86,9 @@ class FileScanner:
             raise NotDicomError("a DICOMDIR, the directory of a file-set (PS3.10 §8)")
         sop = self._dataset_sop(head, offset, syntax)
         sop_class, sop_instance = sop or (sop_class, sop_instance)
-        # Proposed to the peer, the first two must be UIDs, or the association
-        # request of every file sent with this one cannot be encoded; the instance's
-        # goes in the command set (a UI element: ASCII text).
-        for name, uid in (("SOP Class", sop_class), ("Transfer Syntax", syntax)):
-            if not is_uid(uid):
-                raise NotDicomError(f"its {name} UID is not a UID (PS3.5 §9.1): {uid!r}")
-        if not (sop_instance.isascii() and sop_instance.isprintable()):
-            raise NotDicomError(f"its SOP Instance UID is not a UID: {sop_instance!r}")
+        problem = uids_problem(sop_class, sop_instance, syntax)
+        if problem is not None:  # else no file sent with this one could be
+            raise NotDicomError(problem)
         return DicomFile(path, sop_class, sop_instance, syntax, offset, size)
 
     def _scan_file_meta(self, head: bytes) -> tuple[list[str], int] | None:

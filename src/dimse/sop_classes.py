@@ -78,6 +78,19 @@ def is_uid(value: str) -> bool:
     return _UID.fullmatch(value) is not None
 
 
+def uids_problem(sop_class: str, sop_instance: str, transfer_syntax: str) -> str | None:
+    """What keeps an instance from being sent, if anything: its SOP Class and Transfer
+    Syntax UIDs are proposed to the peer, and must be UIDs, or no association request
+    naming them can be encoded; its SOP Instance UID goes in the command set, as
+    ASCII text (a peer may accept one that is not quite a UID)."""
+    for name, uid in (("SOP Class", sop_class), ("Transfer Syntax", transfer_syntax)):
+        if not is_uid(uid):
+            return f"its {name} UID is not a UID (PS3.5 §9.1): {uid!r}"
+    if not (sop_instance.isascii() and sop_instance.isprintable()):
+        return f"its SOP Instance UID is not a UID: {sop_instance!r}"
+    return None
+
+
 def is_transfer_syntax(uid: str) -> bool:
     entry = registry().get(uid)
     return entry is not None and entry[1] == "Transfer Syntax"
