@@ -48,7 +48,7 @@ from conftest import (
     stored_files,
     unavailable,
 )
-from dimse import cli, storage
+from dimse import cli, hooks, storage
 from dimse import events as ev
 from dimse.client import AssociationRejectedError
 from dimse.connection import Connection
@@ -1054,6 +1054,17 @@ def test_exec_on_reception_and_on_study(processes: Processes, tmp_path: Path) ->
             f"{root / study_one}|{study_one}|MODALITY2|DIMSE|127.0.0.1|{study_one}",
         ]
     )
+
+
+def test_placeholders_are_not_read_in_the_values_they_are_given() -> None:
+    """A calling AE title may be "#s" (PS3.5 §6.2 allows it): it is passed as it is."""
+    values = {"#a": "#s", "#s": "1.2.3", "#p": "/archive/a b.dcm"}
+    assert hooks.expand("notify '#p' #a-#s #x", values) == [
+        "notify",
+        "/archive/a b.dcm",
+        "#s-1.2.3",
+        "#x",
+    ]
 
 
 # --- 9. TOML configuration -------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,17 +21,16 @@ from dimse.storage import StoredHook, StoredInstance, StudyHook
 
 log = logging.getLogger("dimse.hooks")
 
-_PLACEHOLDERS = ("#p", "#f", "#a", "#c", "#r", "#s")
+_PLACEHOLDER = re.compile("#[pfacrs]")
 
 
 def expand(template: str, values: Mapping[str, str]) -> list[str]:
-    """Split a command line and substitute the placeholders in each argument."""
-    arguments = []
-    for argument in shlex.split(template):
-        for placeholder in _PLACEHOLDERS:
-            argument = argument.replace(placeholder, values.get(placeholder, ""))
-        arguments.append(argument)
-    return arguments
+    """Split a command line and substitute the placeholders in each argument, in one
+    pass: a value is never read for placeholders (an AE title may hold "#s")."""
+    return [
+        _PLACEHOLDER.sub(lambda found: values.get(found[0], ""), argument)
+        for argument in shlex.split(template)
+    ]
 
 
 class CommandRunner:
