@@ -1056,6 +1056,22 @@ def test_exec_on_reception_and_on_study(processes: Processes, tmp_path: Path) ->
     )
 
 
+def test_ls_shows_control_characters_of_a_data_set_instead_of_obeying_them(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """A patient's name with a terminal escape sequence and a bell (a broken or
+    hostile device) is listed as text: the administrator's terminal obeys nothing."""
+    source = tmp_path / "escape.dcm"
+    make_instance(source, patient="Evil\x1b[2J^Bell\x07")
+    archive = serve(processes, tmp_path / "archive")
+    assert store(archive.port, source).returncode == 0
+    archive.stop()
+    listing = dimse_cli("ls", "-od", archive.root)
+    assert listing.returncode == 0
+    assert "Evil\\x1b[2J^Bell\\x07" in listing.stdout
+    assert "\x1b" not in listing.stdout and "\x07" not in listing.stdout
+
+
 def test_placeholders_are_not_read_in_the_values_they_are_given() -> None:
     """A calling AE title may be "#s" (PS3.5 §6.2 allows it): it is passed as it is."""
     values = {"#a": "#s", "#s": "1.2.3", "#p": "/archive/a b.dcm"}

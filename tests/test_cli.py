@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import python_output
 from dimse import __version__
-from dimse.cli import _table, _uid, build_parser, main
+from dimse.cli import _Bar, _PrintableFormatter, _table, _uid, build_parser, main
+from dimse.sender import Kind, StoreResult
 
 BAD_USAGE = [
     [],
@@ -109,3 +113,30 @@ def test_ls_columns_line_up_with_wide_and_combining_characters() -> None:
         "GERM" + " " * 6 + "  Äneas^Rüdiger" + " " * 9 + "  0.2",
         "CMB" + " " * 7 + "  Jose\u0301" + " " * 18 + "  1.0",
     ]
+
+
+def test_log_lines_show_a_peer_s_control_characters() -> None:
+    """An AE title or UID with an escape sequence or a newline, quoted in a log line,
+    can neither drive the terminal nor forge a line; a traceback keeps its lines."""
+    formatter = _PrintableFormatter("%(levelname)s: %(message)s")
+    record = logging.LogRecord(
+        "dimse", logging.WARNING, __file__, 1, "%s: C-STORE %s", ("EVIL\x1b[2J", "1.2\nFAKE"), None
+    )
+    assert formatter.format(record) == "WARNING: EVIL\\x1b[2J: C-STORE 1.2\\x0aFAKE"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    assert formatter.format(record).count("\n") >= 3
+
+
+def test_the_progress_bar_prints_problems_as_text_not_markup() -> None:
+    """rich reads "[...]" as markup: a file named x[/].dcm stopped the sender."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    out = io.StringIO()
+    with Progress(console=Console(file=out, width=200)) as progress:
+        bar = _Bar(progress)
+        bar(StoreResult("/data/x[/].dcm", "1.2", Kind.FAILURE, "A900 mismatch", 0xA900, "a\x1bb"))
+    assert "/data/x[/].dcm: A900 mismatch (a\\x1bb)" in out.getvalue()

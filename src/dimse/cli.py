@@ -483,12 +483,34 @@ async def _store(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: C0 and C1 control characters, DEL included.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """Text from a peer or a data set as a terminal shows it: a control character
+    (an escape sequence in a patient's name, a newline in an error comment) is
+    written as \\xNN, not obeyed."""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found[0]):02x}", text)
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines quote peers (AE titles, UIDs, comments): _printable() each message."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return _printable(super().formatMessage(record))
+
+
+def _result_line(result: StoreResult) -> str:
+    comment = f" ({result.error_comment})" if result.error_comment else ""
+    return _printable(f"{result.source}: {result.description}{comment}")
+
+
 class _Lines:
     """One line per file: for logs, pipes and scripts."""
 
     def __call__(self, result: StoreResult) -> None:
-        comment = f" ({result.error_comment})" if result.error_comment else ""
-        print(f"{result.source}: {result.description}{comment}", flush=True)
+        print(_result_line(result), flush=True)
 
     def total(self, size: int, count: int) -> None:
         return None
@@ -502,8 +524,8 @@ class _Bar(_Lines):
         self.task = progress.add_task("sending", total=None)
 
     def __call__(self, result: StoreResult) -> None:
-        if result.kind not in (Kind.SUCCESS,):
-            self.progress.console.print(f"{result.source}: {result.description}")
+        if result.kind not in (Kind.SUCCESS,):  # a path may hold "[/]": no markup
+            self.progress.console.print(_result_line(result), markup=False, highlight=False)
         self.progress.update(self.task, advance=max(result.size, 1))
 
     def total(self, size: int, count: int) -> None:
@@ -773,10 +795,10 @@ async def _ls(args: argparse.Namespace) -> int:
     header = ("PATIENT ID", "PATIENT NAME", "DATE", "MODALITY", "SERIES", "IMAGES", "MB")
     rows = [
         (
-            s.patient_id,
-            s.patient_name,
-            s.study_date,
-            s.modalities,
+            _printable(s.patient_id),
+            _printable(s.patient_name),
+            _printable(s.study_date),
+            _printable(s.modalities),
             str(s.series),
             str(s.instances),
             f"{s.size / 1e6:.1f}",
@@ -811,9 +833,9 @@ def _configure_logging(args: argparse.Namespace) -> None:
     """The server logs a line per association and instance; clients only problems."""
     base = logging.INFO if args.command == "serve" else logging.WARNING
     level = logging.ERROR if args.quiet else max(logging.DEBUG, base - 10 * args.verbose)
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def _serve_options() -> dict[str, argparse.Action]:
