@@ -763,8 +763,8 @@ async def _index(args: argparse.Namespace) -> int:
     if args.action == "rebuild":
         with _reading_index(args, root):
             count, left_out = await asyncio.to_thread(rebuild_index, root)
-        for line in left_out:
-            print(line, file=sys.stderr)
+        for line in left_out:  # a parse error may quote the file's bytes
+            print(_printable(line), file=sys.stderr)
         print(f"indexed {count} instance(s) from {root}")
         return EXIT_FAILED if left_out else EXIT_OK
     with _reading_index(args, root):
@@ -775,7 +775,7 @@ async def _index(args: argparse.Namespace) -> int:
         ("not in the index", report.unindexed),
     ):
         for path in paths:
-            print(f"{label}: {path}")
+            print(_printable(f"{label}: {path}"))
     verdict = "consistent" if report.consistent else "INCONSISTENT"
     print(f"{report.indexed} indexed instance(s): {verdict}")
     return EXIT_OK if report.consistent else EXIT_FAILED
