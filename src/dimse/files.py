@@ -10,11 +10,12 @@ its end, to tell a file cut short (cut_short()).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mmap
 import os
 import struct
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -151,12 +152,20 @@ def cut_short(
         if shapes is not None and shapes.scan(source, head, implicit, True) is not None:
             return None
         return cut_off(head, 0, implicit)
-    with (
-        mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped,
-        memoryview(mapped) as whole,
-        whole[offset : offset + size] as data,
-    ):
+    with mapped(fd, offset, size) as data:
         return deflate_cut_off(data) if deflated else cut_off(data, 0, implicit)
+
+
+@contextlib.contextmanager
+def mapped(fd: int, offset: int, size: int) -> Iterator[memoryview]:
+    """`size` bytes of the file `fd` from `offset`, mapped rather than read: a
+    data set walked for its end or its header may be gigabytes."""
+    with (
+        mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as whole_file,
+        memoryview(whole_file) as whole,
+        whole[offset : offset + size] as part,
+    ):
+        yield part
 
 
 class WholeDataSets:

@@ -70,7 +70,8 @@ def registry() -> dict[str, RegistryEntry]:
 
 
 #: PS3.5 §9.1: a UID is digits and periods, 64 characters at most. (The leading
-#: zeros in a component that §9.1 also forbids are let through: devices write them.)
+#: zeros in a component that §9.1 also forbids are let through: devices write them.
+#: What a user types is held to all of §9.1: cli._uid.)
 _UID = re.compile(r"[0-9.]{1,64}")
 
 

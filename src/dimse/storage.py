@@ -15,7 +15,6 @@ import asyncio
 import errno
 import itertools
 import logging
-import mmap
 import os
 import sqlite3
 import time
@@ -38,7 +37,7 @@ from dimse.elements import (
     inflate_head,
     scan_text,
 )
-from dimse.files import cut_short, file_meta_bytes
+from dimse.files import cut_short, file_meta_bytes, mapped
 from dimse.index import HEADER_TAGS, Index, Instance, is_damage
 from dimse.policies import DuplicatePolicy, Layout, SyncMode
 from dimse.server import Outcome, Peer, ServiceProvider, StoreRequest
@@ -186,11 +185,7 @@ def _header_elements_in_file(path: str, size: int, deflated: bool, implicit: boo
             except CutOff:
                 limit = INFLATED_HEADER_LIMIT >> 20
                 raise Unscannable(f"no header in its first {limit} MiB inflated") from None
-        with (
-            mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped,
-            memoryview(mapped) as whole,
-            whole[offset:] as data_set,
-        ):
+        with mapped(file.fileno(), offset, size) as data_set:
             return header_elements(data_set, implicit, _PARSED_TAGS, LAST_HEADER_TAG, True)
 
 
